@@ -1,0 +1,70 @@
+"""The AIVM's exceptions: one root, and subclasses that also inherit the built-in they are.
+
+Catch `AivmError` to handle everything the library raises on purpose; catch the
+built-in (`ValueError`, `TypeError`, `FileNotFoundError`, `KeyError`) when that
+is the question you are asking. Every message says what was expected, what was
+received, and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AivmError",
+    "InputDTypeError",
+    "InputRangeError",
+    "InputShapeError",
+    "ModelFileError",
+    "ModelFileNotFoundError",
+    "ModelIdMismatchError",
+    "OpError",
+    "ProgramError",
+    "TamperedModelError",
+    "UnknownModelError",
+]
+
+
+class AivmError(Exception):
+    """Root of every error the AIVM raises on purpose."""
+
+
+class ProgramError(AivmError, ValueError):
+    """An AIVM program is malformed: unknown op, bad attribute, dangling tensor name."""
+
+
+class OpError(ProgramError, TypeError):
+    """An op was given operands of the wrong dtype or shape, or a bad attribute."""
+
+
+class ModelFileError(AivmError, ValueError):
+    """A `.aivm` file cannot be read as a program (not an AIVM file, wrong format version)."""
+
+
+class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
+    """The `.aivm` file does not exist."""
+
+
+class TamperedModelError(ModelFileError):
+    """The bytes of a `.aivm` file do not hash to the id recorded in it, or are not canonical."""
+
+
+class ModelIdMismatchError(ModelFileError):
+    """A program's model id differs from the one the caller expected (say, the registered one)."""
+
+
+class InputDTypeError(AivmError, TypeError):
+    """Inference input has the wrong dtype: a float where an integer is required, say."""
+
+
+class InputShapeError(AivmError, ValueError):
+    """Inference input has the wrong shape for the program's input spec."""
+
+
+class InputRangeError(AivmError, ValueError):
+    """Inference input holds values outside the range of the program's input dtype."""
+
+
+class UnknownModelError(AivmError, KeyError):
+    """A zoo model name that the zoo does not have."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,202 @@
+"""An AIVM program: a graph of opset ops, its integer parameters and its I/O specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from aivm_jax._errors import ProgramError
+from aivm_jax.ops import OPSET_VERSION, TensorType, check_node
+
+__all__ = ["Node", "Program", "ValueSpec"]
+
+PARAM_DTYPES = ("int8", "int32")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ProgramError(f"{what} name {name!r} is not valid: use letters, digits and _.:/-")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValueSpec:
+    """A program input or output: name, dtype, and shape *without* the batch axis."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "value")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if self.dtype not in PARAM_DTYPES:
+            raise ProgramError(f"value {self.name!r}: dtype must be int8 or int32, got {self.dtype!r}")
+        if any(d < 1 for d in self.shape):
+            raise ProgramError(f"value {self.name!r}: dimensions must be >= 1, got {self.shape}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Node:
+    """One op application: ``output = op(*inputs, **attrs)``; inputs name values or params."""
+
+    op: str
+    inputs: tuple[str, ...]
+    output: str
+    attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "inputs": list(self.inputs),
+            "output": self.output,
+            "attrs": _jsonable(self.attrs),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Program:
+    """A validated AIVM program.
+
+    Invariants (checked on construction, so a `Program` that exists is valid):
+
+    * every node's op is in the opset, with operands of the right kind, dtype
+      and shape, and canonical attributes;
+    * nodes are in topological order and every name is defined exactly once;
+    * parameters are int8 or int32 NumPy arrays (stored read-only);
+    * `outputs` carry the dtypes and shapes the graph computes.
+
+    Attributes:
+      name: a human-readable name (part of the model id).
+      inputs / outputs: `ValueSpec` per program input / output.
+      nodes: the graph, in execution order.
+      params: parameter name -> int8/int32 array.
+      metadata: JSON data without floats (fidelity report, provenance).
+      opset: the opset version the program is written in.
+    """
+
+    name: str
+    inputs: tuple[ValueSpec, ...]
+    outputs: tuple[ValueSpec, ...]
+    nodes: tuple[Node, ...]
+    params: Mapping[str, np.ndarray]
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    opset: int = OPSET_VERSION
+
+    def __post_init__(self) -> None:
+        if self.opset != OPSET_VERSION:
+            raise ProgramError(
+                f"program is written for opset {self.opset}; this runtime implements opset "
+                f"{OPSET_VERSION}. Install the aivm_jax release that matches the program."
+            )
+        params = {}
+        for pname in sorted(self.params):
+            _check_name(pname, "parameter")
+            array = np.asarray(self.params[pname])
+            if array.dtype.name not in PARAM_DTYPES:
+                raise ProgramError(
+                    f"parameter {pname!r} has dtype {array.dtype}; programs hold only int8/int32"
+                )
+            array = np.array(array, copy=True)
+            array.flags.writeable = False
+            params[pname] = array
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "nodes", tuple(self._validated_nodes()))
+        _check_no_floats(self.metadata, "metadata")
+
+    def _validated_nodes(self) -> list[Node]:
+        if not self.inputs or not self.outputs:
+            raise ProgramError("a program needs at least one input and one output")
+        types: dict[str, TensorType] = {}
+        for spec in self.inputs:
+            if spec.name in types or spec.name in self.params:
+                raise ProgramError(f"input name {spec.name!r} is defined twice")
+            types[spec.name] = TensorType(spec.dtype, (1, *spec.shape))
+        nodes = []
+        for index, node in enumerate(self.nodes):
+            where = f"node {index} ({node.op} -> {node.output!r})"
+            _check_name(node.output, "node output")
+            kinds, operand_types, param_values = [], [], []
+            for name in node.inputs:
+                if name in types:
+                    kinds.append("act")
+                    operand_types.append(types[name])
+                elif name in self.params:
+                    kinds.append("param")
+                    operand_types.append(TensorType(self.params[name].dtype.name, self.params[name].shape))
+                    param_values.append(self.params[name])
+                else:
+                    raise ProgramError(f"{where}: operand {name!r} is not defined before it is used")
+            try:
+                out_type, attrs = check_node(node.op, operand_types, kinds, node.attrs, param_values)
+            except ProgramError as error:
+                raise type(error)(f"{where}: {error}") from None
+            if node.output in types or node.output in self.params:
+                raise ProgramError(f"{where}: name {node.output!r} is defined twice")
+            types[node.output] = out_type
+            nodes.append(Node(op=node.op, inputs=tuple(node.inputs), output=node.output, attrs=attrs))
+        for spec in self.outputs:
+            actual = types.get(spec.name)
+            if actual is None:
+                raise ProgramError(f"output {spec.name!r} is not computed by any node")
+            if (actual.dtype, actual.shape[1:]) != (spec.dtype, spec.shape):
+                raise ProgramError(
+                    f"output {spec.name!r} is declared {spec.dtype}{list(spec.shape)} but the "
+                    f"graph computes {actual.dtype}{list(actual.shape[1:])}"
+                )
+        return nodes
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """``0x`` + 64 hex digits: SHA-256 of the program's canonical bytes."""
+        from aivm_jax.program._format import model_id_of
+
+        return model_id_of(self)
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def param_count(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def with_metadata(self, **entries: Any) -> Program:
+        return dataclasses.replace(self, metadata={**self.metadata, **entries})
+
+
+def _check_no_floats(value: Any, where: str) -> None:
+    if isinstance(value, float):
+        raise ProgramError(
+            f"{where} holds the float {value!r}; program files hold no floats, store integers "
+            "(counts, or parts per million) instead"
+        )
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProgramError(f"{where} has a non-string key {k!r}")
+            _check_no_floats(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_no_floats(v, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (bool, int, str))):
+        raise ProgramError(f"{where} holds {type(value).__name__}; only JSON values are allowed")
+

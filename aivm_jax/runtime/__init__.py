@@ -1,0 +1,21 @@
+"""The AIVM runtime: `infer`, result hashing and the XLA determinism settings."""
+
+from aivm_jax.runtime._determinism import (
+    XLA_DETERMINISM_FLAGS,
+    apply_determinism_flags,
+    determinism_report,
+)
+from aivm_jax.runtime._hashing import output_hash, row_hashes
+from aivm_jax.runtime._host import quantize_input
+from aivm_jax.runtime._infer import InferenceResult, infer
+
+__all__ = [
+    "XLA_DETERMINISM_FLAGS",
+    "InferenceResult",
+    "apply_determinism_flags",
+    "determinism_report",
+    "infer",
+    "output_hash",
+    "quantize_input",
+    "row_hashes",
+]

@@ -1,0 +1,60 @@
+"""XLA settings the runtime applies for deterministic execution on CPU, GPU and TPU.
+
+AIVM programs compute only with integers, and integer arithmetic in two's
+complement is associative, so reduction order, tiling and sharding cannot
+change a bit. The flags below are a second line of defence against the few
+ways a backend could still introduce non-determinism or a float:
+
+``--xla_gpu_deterministic_ops=true``
+    GPU: refuse or replace ops whose implementation uses atomics in an
+    unspecified order (scatter-add, some reductions).
+``--xla_gpu_exclude_nondeterministic_ops=true``
+    GPU: keep the autotuner from picking non-deterministic kernels.
+``--xla_cpu_enable_fast_math=false``
+    CPU: no value-changing fast-math rewrites (it is the default; we pin it).
+``jax_default_matmul_precision="highest"``
+    Keeps TF32 and bf16 passes off for any float dot a user runs beside us.
+
+TPU needs no flag: its integer units are exact and the MXU is never asked for
+a float product. The flags take effect only if they are set before JAX creates
+its backends, which is why ``import aivm_jax`` applies them at import time;
+`determinism_report` says whether they are in force.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["XLA_DETERMINISM_FLAGS", "apply_determinism_flags", "determinism_report"]
+
+XLA_DETERMINISM_FLAGS = (
+    "--xla_gpu_deterministic_ops=true",
+    "--xla_gpu_exclude_nondeterministic_ops=true",
+    "--xla_cpu_enable_fast_math=false",
+)
+
+
+def apply_determinism_flags() -> None:
+    """Add the determinism flags to ``XLA_FLAGS`` (keeping the user's own) and set JAX's config."""
+    existing = os.environ.get("XLA_FLAGS", "")
+    present = {flag.split("=")[0] for flag in existing.split()}
+    extra = [flag for flag in XLA_DETERMINISM_FLAGS if flag.split("=")[0] not in present]
+    if extra:
+        os.environ["XLA_FLAGS"] = " ".join([existing, *extra]).strip()
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def determinism_report() -> dict[str, object]:
+    """What is in force: the XLA flags, JAX's version and backend, and the devices."""
+    import jax
+
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return {
+        "xla_flags": flags,
+        "determinism_flags_set": all(f in flags for f in XLA_DETERMINISM_FLAGS),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }

@@ -1,0 +1,57 @@
+"""Hashes of inference results: one per batch row, and one over the whole batch.
+
+``row_hash = SHA-256("aivm-row-v1" || model_id (32 bytes) || for each output in
+order: len(name) u16 || name || dtype name || u8 rank || shape (u32 each) ||
+row bytes little-endian)``.
+
+``output_hash = SHA-256("aivm-out-v1" || model_id || batch size u64 || row
+hashes in order)``. Hashes print as ``0x`` + 64 hex digits, a ``bytes32``.
+A row hash depends only on the model and that row's outputs, so it is the
+same whatever batch the row was computed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["output_hash", "row_hashes"]
+
+
+def _id_bytes(model_id: str) -> bytes:
+    return bytes.fromhex(model_id[2:])
+
+
+def row_hashes(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> list[str]:
+    """One hash per batch row over all outputs of that row (all outputs share the batch axis)."""
+    prefix = b"aivm-row-v1" + _id_bytes(model_id)
+    headers = []
+    for name, out in zip(names, outputs):
+        encoded = name.encode()
+        row_shape = out.shape[1:]
+        headers.append(
+            struct.pack("<H", len(encoded))
+            + encoded
+            + out.dtype.name.encode()
+            + struct.pack(f"<B{len(row_shape)}I", len(row_shape), *row_shape)
+        )
+    little = [np.ascontiguousarray(o, dtype=o.dtype.newbyteorder("<")) for o in outputs]
+    hashes = []
+    for row in range(outputs[0].shape[0]):
+        h = hashlib.sha256(prefix)
+        for header, out in zip(headers, little):
+            h.update(header)
+            h.update(out[row].tobytes())
+        hashes.append("0x" + h.hexdigest())
+    return hashes
+
+
+def output_hash(model_id: str, rows: Sequence[str]) -> str:
+    """Hash over the ordered row hashes of one batch."""
+    h = hashlib.sha256(b"aivm-out-v1" + _id_bytes(model_id) + struct.pack("<Q", len(rows)))
+    for row in rows:
+        h.update(bytes.fromhex(row[2:]))
+    return "0x" + h.hexdigest()

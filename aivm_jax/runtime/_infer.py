@@ -1,0 +1,209 @@
+"""`infer`: run an AIVM program on a batch of integer inputs and hash the result."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+from typing import Any, Literal, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from aivm_jax._errors import (
+    InputDTypeError,
+    InputRangeError,
+    InputShapeError,
+    ModelIdMismatchError,
+)
+from aivm_jax.program import Program, ValueSpec, load
+from aivm_jax.runtime._execute import evaluate
+from aivm_jax.runtime._hashing import output_hash, row_hashes
+
+__all__ = ["InferenceResult", "infer"]
+
+Mode = Literal["jit", "eager", "reference"]
+_CACHE_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InferenceResult:
+    """What `infer` returns.
+
+    Attributes:
+      model_id: the program's id, ``0x`` + 64 hex digits.
+      outputs: the program's (first) output, a NumPy integer array whose first
+        axis is the batch.
+      named_outputs: every output by name (same arrays).
+      row_hashes: one ``0x``-hash per batch row; independent of the batch.
+      output_hash: hash over ``row_hashes`` in order (see `aivm_jax.runtime`).
+    """
+
+    model_id: str
+    outputs: np.ndarray
+    named_outputs: Mapping[str, np.ndarray]
+    row_hashes: tuple[str, ...]
+    output_hash: str
+
+
+class _Compiled:
+    """One program's jitted function and its parameters placed per device set."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.fn = jax.jit(self._run)
+        self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
+
+    def _run(self, params, feeds):
+        return evaluate(self.program, feeds, params, "lowering")
+
+    def params_on(self, sharding) -> dict[str, jax.Array]:
+        key = (sharding,)
+        if key not in self._placed:
+            self._placed[key] = {k: jax.device_put(v, sharding) for k, v in self.program.params.items()}
+        return self._placed[key]
+
+
+_compiled: collections.OrderedDict[str, _Compiled] = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def _compiled_for(program: Program) -> _Compiled:
+    with _lock:
+        entry = _compiled.get(program.model_id)
+        if entry is None:
+            entry = _compiled[program.model_id] = _Compiled(program)
+            while len(_compiled) > _CACHE_SIZE:
+                _compiled.popitem(last=False)
+        _compiled.move_to_end(program.model_id)
+        return entry
+
+
+def _checked_input(spec: ValueSpec, value: Any) -> np.ndarray:
+    """Validate one batched input against its spec and return it in the spec's dtype."""
+    if isinstance(value, jax.Array):
+        value = np.asarray(value)
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu":
+        hint = (
+            " Quantize float data on the host first with aivm_jax.quantize_input."
+            if array.dtype.kind == "f"
+            else ""
+        )
+        raise InputDTypeError(
+            f"input {spec.name!r} must hold integers ({spec.dtype}), got dtype {array.dtype}.{hint}"
+        )
+    expected = ("batch", *spec.shape)
+    if array.ndim != len(expected) or tuple(array.shape[1:]) != spec.shape:
+        raise InputShapeError(
+            f"input {spec.name!r} must have shape {expected}, got {array.shape}; "
+            "add a leading batch axis for a single example"
+        )
+    if array.shape[0] == 0:
+        raise InputShapeError(f"input {spec.name!r} has an empty batch; pass at least one row")
+    info = np.iinfo(spec.dtype)
+    low, high = int(array.min()), int(array.max())
+    if low < info.min or high > info.max:
+        raise InputRangeError(
+            f"input {spec.name!r} holds values in [{low}, {high}], outside {spec.dtype}'s "
+            f"range [{info.min}, {info.max}]"
+        )
+    return array.astype(spec.dtype)
+
+
+def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:
+    if isinstance(inputs, Mapping):
+        given = set(inputs)
+        wanted = {s.name for s in program.inputs}
+        if given != wanted:
+            raise InputShapeError(f"program inputs are {sorted(wanted)}, got {sorted(given)}")
+        feeds = {s.name: _checked_input(s, inputs[s.name]) for s in program.inputs}
+    elif len(program.inputs) == 1:
+        feeds = {program.inputs[0].name: _checked_input(program.inputs[0], inputs)}
+    else:
+        raise InputShapeError(
+            f"program has inputs {[s.name for s in program.inputs]}; pass a dict of arrays"
+        )
+    batches = {a.shape[0] for a in feeds.values()}
+    if len(batches) != 1:
+        raise InputShapeError(f"all inputs must share one batch size, got {sorted(batches)}")
+    return feeds
+
+
+def _run_sharded(entry: _Compiled, feeds: Mapping[str, np.ndarray], devices: Sequence[Any]):
+    batch = next(iter(feeds.values())).shape[0]
+    mesh = Mesh(np.array(list(devices)), ("batch",))
+    rows = NamedSharding(mesh, PartitionSpec("batch"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    padded = -batch % len(devices)  # zero rows, dropped below; rows never interact
+    placed = {
+        name: jax.device_put(np.concatenate([a, np.zeros((padded, *a.shape[1:]), a.dtype)]), rows)
+        for name, a in feeds.items()
+    }
+    outs = entry.fn(entry.params_on(replicated), placed)
+    return [np.asarray(o)[:batch] for o in outs]
+
+
+def infer(
+    model: Program | str | os.PathLike,
+    inputs: Any,
+    *,
+    mode: Mode = "jit",
+    devices: Sequence[Any] | Literal["all"] | None = None,
+    expected_model_id: str | None = None,
+) -> InferenceResult:
+    """Run an AIVM program on a batch of integer inputs.
+
+    Args:
+      model: a `Program`, or the path of a `.aivm` file (loaded and verified).
+      inputs: an integer array of shape ``(batch, *input_shape)`` for a
+        one-input program, or a dict of them by input name. Any integer dtype
+        is accepted if every value fits the input's dtype; floats are refused.
+      mode: ``"jit"`` (default; compiled once per program and input shape),
+        ``"eager"`` (op by op, same JAX ops) or ``"reference"`` (the NumPy
+        yellow paper). All three give identical bits.
+      devices: ``None`` for JAX's default device, a list of devices or
+        ``"all"`` to shard the batch over them (``mode="jit"`` only).
+      expected_model_id: refuse a program file whose id differs.
+
+    Returns:
+      An `InferenceResult`; row ``i`` of it is bit-identical to running row
+      ``i`` alone, on any device count.
+
+    Raises:
+      InputDTypeError, InputShapeError, InputRangeError: bad inputs.
+      ModelFileError and subclasses: missing, tampered or unexpected program file.
+    """
+    program = model if isinstance(model, Program) else load(model, expected_model_id=expected_model_id)
+    if isinstance(model, Program) and expected_model_id is not None:
+        if program.model_id != expected_model_id.lower():
+            raise ModelIdMismatchError(
+                f"program has model id {program.model_id}, expected {expected_model_id}"
+            )
+    feeds = _feeds(program, inputs)
+    if mode == "reference":
+        outs = [np.asarray(o) for o in evaluate(program, feeds, program.params, "reference")]
+    elif mode == "eager":
+        params = {k: jax.numpy.asarray(v) for k, v in program.params.items()}
+        with jax.disable_jit():
+            outs = [np.asarray(o) for o in evaluate(program, feeds, params, "lowering")]
+    elif mode == "jit":
+        entry = _compiled_for(program)
+        if devices is None:
+            outs = [np.asarray(o) for o in entry.fn(entry.params_on(None), feeds)]
+        else:
+            chosen = jax.local_devices() if devices == "all" else list(devices)
+            outs = _run_sharded(entry, feeds, chosen)
+    else:
+        raise ValueError(f"mode must be 'jit', 'eager' or 'reference', got {mode!r}")
+    names = [s.name for s in program.outputs]
+    rows = row_hashes(program.model_id, names, outs)
+    return InferenceResult(
+        model_id=program.model_id,
+        outputs=outs[0],
+        named_outputs=dict(zip(names, outs)),
+        row_hashes=tuple(rows),
+        output_hash=output_hash(program.model_id, rows),
+    )
