@@ -1,0 +1,26 @@
+"""Quantization: float models into AIVM programs (host side; floats stay here).
+
+`quantize` calibrates a sequential float model into an int8 program;
+`quantize_multiplier`, `quantize_weights` and `quantize_bias` are its numerics;
+`classification_fidelity` measures float vs integer on held-out data.
+"""
+
+from aivm_jax.quant._fidelity import classification_fidelity, describe_fidelity
+from aivm_jax.quant._numerics import quantize_bias, quantize_multiplier, quantize_weights
+from aivm_jax.quant._ptq import AvgPool, Conv, Dense, Flatten, Layer, MaxPool, float_forward, quantize
+
+__all__ = [
+    "AvgPool",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "Layer",
+    "MaxPool",
+    "classification_fidelity",
+    "describe_fidelity",
+    "float_forward",
+    "quantize",
+    "quantize_bias",
+    "quantize_multiplier",
+    "quantize_weights",
+]
