@@ -15,6 +15,7 @@ _apply()
 from aivm_jax._errors import (  # noqa: E402
     AivmError,
     InputDTypeError,
+    InputFileError,
     InputRangeError,
     InputShapeError,
     ModelFileError,
@@ -36,6 +37,7 @@ __all__ = [
     "AivmError",
     "InferenceResult",
     "InputDTypeError",
+    "InputFileError",
     "InputRangeError",
     "InputShapeError",
     "ModelFileError",

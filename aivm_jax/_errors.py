@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AivmError",
     "InputDTypeError",
+    "InputFileError",
     "InputRangeError",
     "InputShapeError",
     "ModelFileError",
@@ -57,6 +58,10 @@ class InputDTypeError(AivmError, TypeError):
 
 class InputShapeError(AivmError, ValueError):
     """Inference input has the wrong shape for the program's input spec."""
+
+
+class InputFileError(AivmError, ValueError):
+    """An input file (``.npy`` or ``.json``) is missing or cannot be read as an integer array."""
 
 
 class InputRangeError(AivmError, ValueError):

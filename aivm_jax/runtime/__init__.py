@@ -6,7 +6,7 @@ from aivm_jax.runtime._determinism import (
     determinism_report,
 )
 from aivm_jax.runtime._hashing import output_hash, row_hashes
-from aivm_jax.runtime._host import quantize_input
+from aivm_jax.runtime._host import quantize_input, read_input_file
 from aivm_jax.runtime._infer import InferenceResult, infer
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "infer",
     "output_hash",
     "quantize_input",
+    "read_input_file",
     "row_hashes",
 ]

@@ -7,9 +7,15 @@ clients can reproduce them.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 
-__all__ = ["quantize_input"]
+from aivm_jax._errors import InputFileError
+
+__all__ = ["quantize_input", "read_input_file"]
 
 
 def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.ndarray:
@@ -26,3 +32,30 @@ def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.
     info = np.iinfo(dtype)
     q = np.floor(np.asarray(values, dtype=np.float64) / scale + 0.5)
     return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def read_input_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an inference input from ``.npy`` (no pickles) or ``.json`` (nested lists of integers).
+
+    The array is returned as read; `infer` checks its dtype, shape and range.
+
+    Raises:
+      InputFileError: the file is missing, has another suffix, or does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"no input file at {path}")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "inputs" in data:
+                data = data["inputs"]
+            array = np.asarray(data)
+            if array.dtype == object:
+                raise ValueError("rows have different lengths")
+            return array
+    except (ValueError, OSError) as error:
+        raise InputFileError(f"cannot read {path}: {error}") from None
+    raise InputFileError(f"{path}: input files must end in .npy or .json")

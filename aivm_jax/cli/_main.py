@@ -1,0 +1,159 @@
+"""The `aivm` command: each command parses its options and makes one library call.
+
+Errors the library raises on purpose (`AivmError`) become one line on stderr
+and exit status 1, in `_AivmGroup.invoke`; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+import aivm_jax
+from aivm_jax import AivmError
+
+__all__ = ["main"]
+
+
+class _AivmGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AivmError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+
+
+def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else human)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+program_argument = click.argument("file", type=click.Path(path_type=Path))
+
+
+@click.group(cls=_AivmGroup)
+@click.version_option(aivm_jax.__version__, prog_name="aivm")
+def main() -> None:
+    """AIVM: bit-identical integer inference of AI models."""
+
+
+def _spec_json(spec) -> dict[str, Any]:
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype}
+
+
+@main.command()
+@program_argument
+@json_option
+def info(file: Path, as_json: bool) -> None:
+    """Show a program's model id, I/O specs, ops, parameters and fidelity."""
+    from aivm_jax.quant import describe_fidelity
+
+    program = aivm_jax.load(file)
+    data = {
+        "model_id": program.model_id,
+        "name": program.name,
+        "opset": program.opset,
+        "inputs": [_spec_json(s) for s in program.inputs],
+        "outputs": [_spec_json(s) for s in program.outputs],
+        "ops": program.op_counts(),
+        "params": program.param_count(),
+        "fidelity": describe_fidelity(dict(program.metadata.get("fidelity", {}))),
+        "metadata": {k: v for k, v in program.metadata.items() if k != "fidelity"},
+    }
+    fid = data["fidelity"]
+    lines = [
+        f"model id   {data['model_id']}",
+        f"name       {program.name} (opset {program.opset})",
+        *[f"input      {s['name']}: {s['dtype']}{s['shape']}" for s in data["inputs"]],
+        *[f"output     {s['name']}: {s['dtype']}{s['shape']}" for s in data["outputs"]],
+        f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}",
+        f"params     {data['params']}",
+    ]
+    if fid:
+        lines.append(
+            f"fidelity   {fid['metric']} on {fid['dataset']}: float {fid['float_accuracy_pct']}%, "
+            f"integer {fid['integer_accuracy_pct']}%, agreement {fid['agreement_pct']}%"
+        )
+    _emit(data, as_json, "\n".join(lines))
+
+
+@main.command()
+@program_argument
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="Integer inputs with a leading batch axis: .npy or .json.")
+@click.option("--devices", type=click.Choice(["default", "all"]), default="default", show_default=True,
+              help="Run on JAX's default device, or shard the batch over all local devices.")
+@json_option
+def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
+    """Run a program on integer inputs; print outputs and their hashes."""
+    from aivm_jax.runtime import read_input_file
+
+    result = aivm_jax.infer(file, read_input_file(input_path), devices=None if devices == "default" else "all")
+    data = {
+        "model_id": result.model_id,
+        "output_hash": result.output_hash,
+        "row_hashes": list(result.row_hashes),
+        "outputs": result.outputs.tolist(),
+    }
+    lines = [f"model id     {result.model_id}", f"output hash  {result.output_hash}"]
+    for i, (row, digest) in enumerate(zip(result.outputs, result.row_hashes)):
+        summary = f" argmax {int(np.argmax(row))}" if row.ndim == 1 else ""
+        lines.append(f"row {i}: {row.tolist()}{summary}  {digest}")
+    _emit(data, as_json, "\n".join(lines))
+
+
+@main.group(cls=_AivmGroup)
+def zoo() -> None:
+    """Reference models that build reproducibly from data that ships offline."""
+
+
+@zoo.command("list")
+@json_option
+def zoo_list(as_json: bool) -> None:
+    """List the zoo's models."""
+    from aivm_jax.models import zoo_models
+
+    models = zoo_models()
+    _emit({"models": models}, as_json, "\n".join(f"{k:12s} {v}" for k, v in models.items()))
+
+
+@zoo.command("build")
+@click.argument("name")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .aivm file.")
+@json_option
+def zoo_build(name: str, output: Path, as_json: bool) -> None:
+    """Train, quantize and save zoo model NAME (seeded: same command, same model id)."""
+    from aivm_jax.models import build
+
+    program = build(name, _progress)
+    model_id = aivm_jax.save(program, output)
+    _emit({"model_id": model_id, "path": str(output)}, as_json, f"wrote {output}\nmodel id {model_id}")
+
+
+@main.command()
+@json_option
+def conformance(as_json: bool) -> None:
+    """Check that this machine computes the AIVM exactly (golden vectors, every backend)."""
+    from aivm_jax.conformance import run_conformance
+
+    report = run_conformance(_progress)
+    lines = [
+        f"{name:16s} {b['passed']}/{b['checks']} match" + (f"  FAILED: {', '.join(b['failures'])}" if b["failures"] else "")
+        for name, b in report["backends"].items()
+    ]
+    verdict = "CONFORMANT: this machine computes AIVM opset %d exactly" % report["opset"]
+    if not report["conformant"]:
+        verdict = "NOT CONFORMANT: do not join the network with this machine"
+    _emit(report, as_json, "\n".join([*lines, verdict]))
+    if not report["conformant"]:
+        sys.exit(2)
