@@ -89,16 +89,28 @@ def info(file: Path, as_json: bool) -> None:
 
 @main.command()
 @program_argument
-@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="Integer inputs with a leading batch axis: .npy or .json.")
-@click.option("--devices", type=click.Choice(["default", "all"]), default="default", show_default=True,
-              help="Run on JAX's default device, or shard the batch over all local devices.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Integer inputs with a leading batch axis: .npy or .json.",
+)
+@click.option(
+    "--devices",
+    type=click.Choice(["default", "all"]),
+    default="default",
+    show_default=True,
+    help="Run on JAX's default device, or shard the batch over all local devices.",
+)
 @json_option
 def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
     """Run a program on integer inputs; print outputs and their hashes."""
     from aivm_jax.runtime import read_input_file
 
-    result = aivm_jax.infer(file, read_input_file(input_path), devices=None if devices == "default" else "all")
+    result = aivm_jax.infer(
+        file, read_input_file(input_path), devices=None if devices == "default" else "all"
+    )
     data = {
         "model_id": result.model_id,
         "output_hash": result.output_hash,
@@ -129,7 +141,9 @@ def zoo_list(as_json: bool) -> None:
 
 @zoo.command("build")
 @click.argument("name")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .aivm file.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .aivm file."
+)
 @json_option
 def zoo_build(name: str, output: Path, as_json: bool) -> None:
     """Train, quantize and save zoo model NAME (seeded: same command, same model id)."""
@@ -148,10 +162,11 @@ def conformance(as_json: bool) -> None:
 
     report = run_conformance(_progress)
     lines = [
-        f"{name:16s} {b['passed']}/{b['checks']} match" + (f"  FAILED: {', '.join(b['failures'])}" if b["failures"] else "")
+        f"{name:16s} {b['passed']}/{b['checks']} match"
+        + (f"  FAILED: {', '.join(b['failures'])}" if b["failures"] else "")
         for name, b in report["backends"].items()
     ]
-    verdict = "CONFORMANT: this machine computes AIVM opset %d exactly" % report["opset"]
+    verdict = f"CONFORMANT: this machine computes AIVM opset {report['opset']} exactly"
     if not report["conformant"]:
         verdict = "NOT CONFORMANT: do not join the network with this machine"
     _emit(report, as_json, "\n".join([*lines, verdict]))

@@ -9,8 +9,9 @@ from ``infer(mode="reference")``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,42 +39,86 @@ def op_cases(seed: int = 20261125) -> Iterator[tuple[str, dict[str, Any], list[n
     rng = np.random.default_rng(seed)
     i8 = (-128, 127, 0, -1, 1)
     i32 = (-(2**31), 2**31 - 1, 0, -1, 1, -3, 3)
-    yield "matmul", {}, [_ints(rng, -128, 127, (5, 33), np.int8, i8), _ints(rng, -128, 127, (33, 7), np.int8, i8)]
+    yield (
+        "matmul",
+        {},
+        [_ints(rng, -128, 127, (5, 33), np.int8, i8), _ints(rng, -128, 127, (33, 7), np.int8, i8)],
+    )
     big_k = 4096  # all -128 x -128 products: 2**26, exact
     yield "matmul", {}, [np.full((2, big_k), -128, np.int8), np.full((big_k, 3), -128, np.int8)]
     for strides, padding in [((1, 1), ((1, 1), (1, 1))), ((2, 1), ((0, 2), (1, 0)))]:
-        yield "conv2d", {"strides": strides, "padding": padding}, [
-            _ints(rng, -128, 127, (3, 7, 6, 4), np.int8, i8),
-            _ints(rng, -128, 127, (3, 2, 4, 5), np.int8, i8),
-        ]
-    yield "bias_add", {}, [_ints(rng, -(2**31), 2**31 - 1, (4, 7), np.int32, i32), _ints(rng, -(2**31), 2**31 - 1, (7,), np.int32, i32)]
+        yield (
+            "conv2d",
+            {"strides": strides, "padding": padding},
+            [
+                _ints(rng, -128, 127, (3, 7, 6, 4), np.int8, i8),
+                _ints(rng, -128, 127, (3, 2, 4, 5), np.int8, i8),
+            ],
+        )
+    yield (
+        "bias_add",
+        {},
+        [
+            _ints(rng, -(2**31), 2**31 - 1, (4, 7), np.int32, i32),
+            _ints(rng, -(2**31), 2**31 - 1, (7,), np.int32, i32),
+        ],
+    )
     for out_dtype in ("int8", "int32"):
-        yield "requantize", {"out_dtype": out_dtype}, [
-            _ints(rng, -(2**31), 2**31 - 1, (6, 5), np.int32, i32 + (-5, 5, -6, 6)),
-            _ints(rng, -(2**31), 2**31 - 1, (5,), np.int32, (2**31 - 1, -(2**31), 1, 3)),
-            _ints(rng, 0, 62, (5,), np.int32, (62, 0, 1, 1, 31)),
-        ]
-    yield "requantize", {"out_dtype": "int8"}, [  # ties: -5/2, 5/2, -3/2, 3/2
-        np.array([[-5, 5, -3, 3, -1, 1, 255, -257]], np.int32), np.int32(1).reshape(()), np.int32(1).reshape(())
-    ]
+        yield (
+            "requantize",
+            {"out_dtype": out_dtype},
+            [
+                _ints(rng, -(2**31), 2**31 - 1, (6, 5), np.int32, i32 + (-5, 5, -6, 6)),
+                _ints(rng, -(2**31), 2**31 - 1, (5,), np.int32, (2**31 - 1, -(2**31), 1, 3)),
+                _ints(rng, 0, 62, (5,), np.int32, (62, 0, 1, 1, 31)),
+            ],
+        )
+    yield (
+        "requantize",
+        {"out_dtype": "int8"},
+        [  # ties: -5/2, 5/2, -3/2, 3/2
+            np.array([[-5, 5, -3, 3, -1, 1, 255, -257]], np.int32),
+            np.int32(1).reshape(()),
+            np.int32(1).reshape(()),
+        ],
+    )
     for dtype in ("int8", "int32"):
         info = np.iinfo(dtype)
         yield "relu", {}, [_ints(rng, info.min, info.max, (4, 9), dtype, (info.min, info.max, 0, -1))]
     table = _ints(rng, -128, 127, (256,), np.int8)
     yield "table", {}, [_ints(rng, -128, 127, (3, 40), np.int8, i8), table]
-    yield "table", {}, [_ints(rng, -128, 127, (2, 3, 4), np.int8, i8), _ints(rng, -(2**31), 2**31 - 1, (256,), np.int32, i32)]
+    yield (
+        "table",
+        {},
+        [
+            _ints(rng, -128, 127, (2, 3, 4), np.int8, i8),
+            _ints(rng, -(2**31), 2**31 - 1, (256,), np.int32, i32),
+        ],
+    )
     for op in ("max_pool", "avg_pool"):
-        yield op, {"window": (2, 2), "strides": (2, 2), "padding": ((0, 0), (0, 0))}, [
-            _ints(rng, -128, 127, (3, 6, 6, 4), np.int8, (-128, -128, -128, -127))
-        ]
-        yield op, {"window": (3, 2), "strides": (1, 2), "padding": ((1, 2), (1, 1))}, [
-            _ints(rng, -128, 127, (2, 5, 4, 3), np.int8, i8)
-        ]
+        yield (
+            op,
+            {"window": (2, 2), "strides": (2, 2), "padding": ((0, 0), (0, 0))},
+            [_ints(rng, -128, 127, (3, 6, 6, 4), np.int8, (-128, -128, -128, -127))],
+        )
+        yield (
+            op,
+            {"window": (3, 2), "strides": (1, 2), "padding": ((1, 2), (1, 1))},
+            [_ints(rng, -128, 127, (2, 5, 4, 3), np.int8, i8)],
+        )
     yield "reshape", {"shape": (3, 8)}, [_ints(rng, -128, 127, (2, 4, 6), np.int8)]
     yield "flatten", {}, [_ints(rng, -128, 127, (2, 3, 4, 5), np.int8)]
     yield "transpose", {"perm": (2, 0, 1)}, [_ints(rng, -128, 127, (2, 3, 4, 5), np.int8)]
-    yield "concat", {"axis": 1}, [_ints(rng, -128, 127, (2, 3, 4), np.int8), _ints(rng, -128, 127, (2, 5, 4), np.int8)]
-    yield "argmax", {"axis": -1}, [np.array([[3, 7, 7, 1], [-128, -128, -128, -128], [0, 127, -5, 127]], np.int8)]
+    yield (
+        "concat",
+        {"axis": 1},
+        [_ints(rng, -128, 127, (2, 3, 4), np.int8), _ints(rng, -128, 127, (2, 5, 4), np.int8)],
+    )
+    yield (
+        "argmax",
+        {"axis": -1},
+        [np.array([[3, 7, 7, 1], [-128, -128, -128, -128], [0, 127, -5, 127]], np.int8)],
+    )
     yield "argmax", {"axis": 1}, [_ints(rng, -(2**31), 2**31 - 1, (3, 6, 2), np.int32, i32)]
 
 
@@ -110,9 +155,7 @@ def zoo_inputs(program) -> np.ndarray:
     from aivm_jax.models import load_digits_data
 
     data = load_digits_data()
-    images = np.concatenate(
-        [data.x_test[:16], np.zeros((1, 64), np.int8), np.full((1, 64), 16, np.int8)]
-    )
+    images = np.concatenate([data.x_test[:16], np.zeros((1, 64), np.int8), np.full((1, 64), 16, np.int8)])
     return images.reshape((-1, *program.inputs[0].shape))
 
 

@@ -10,7 +10,7 @@ training and 360 held-out test images.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +126,15 @@ def build_digits(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda 
     data = load_digits_data()
     shape = (-1, *recipe.input_shape)
     x_train = (data.x_train.astype(np.float32) * PIXEL_SCALE).reshape(shape)
-    params = _train(recipe, x_train, data.y_train, progress)
+    x_test_int = data.x_test.reshape(shape)
+    # Flax and optax rely on standard promotion; do not depend on the caller's global setting.
+    with jax.numpy_dtype_promotion("standard"):
+        params = _train(recipe, x_train, data.y_train, progress)
+        float_logits = np.asarray(
+            SequentialNet(layers=recipe.layers).apply(
+                {"params": params}, (x_test_int * PIXEL_SCALE).astype(np.float32)
+            )
+        )
     progress(f"{recipe.name}: calibrating on {_CALIBRATION_SIZE} training images")
     program = quantize(
         recipe.layers,
@@ -137,8 +145,6 @@ def build_digits(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda 
         calibration=x_train[:_CALIBRATION_SIZE],
         metadata={"description": recipe.description},
     )
-    x_test_int = data.x_test.reshape(shape)
-    float_logits = np.asarray(SequentialNet(layers=recipe.layers).apply({"params": params}, x_test_int * PIXEL_SCALE))
     integer = infer(program, x_test_int).outputs
     report = classification_fidelity(
         float_logits=float_logits,
@@ -151,5 +157,3 @@ def build_digits(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda 
         f"integer accuracy {report['integer_correct']}/{report['examples']}"
     )
     return program.with_metadata(fidelity=report)
-
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from aivm_jax._errors import UnknownModelError
 from aivm_jax.models._digits import DIGITS_RECIPES, build_digits

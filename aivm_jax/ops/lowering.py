@@ -18,7 +18,7 @@ Why each lowering is exact:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

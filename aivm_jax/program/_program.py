@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -199,4 +200,3 @@ def _check_no_floats(value: Any, where: str) -> None:
             _check_no_floats(v, f"{where}[{i}]")
     elif not (value is None or isinstance(value, (bool, int, str))):
         raise ProgramError(f"{where} holds {type(value).__name__}; only JSON values are allowed")
-

@@ -11,7 +11,8 @@ per-tensor activation scales ``max|y| / 127``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Flatten:
     pass
 
 
-Layer = Union[Dense, Conv, MaxPool, AvgPool, Flatten]
+Layer = Dense | Conv | MaxPool | AvgPool | Flatten
 _NO_PAD = ((0, 0), (0, 0))
 
 
@@ -78,9 +79,7 @@ def _pool(x: np.ndarray, window, strides, reduce) -> np.ndarray:
     return out
 
 
-def float_forward(
-    layers: Sequence[Layer], params: Mapping[str, Any], x: np.ndarray, *, trace: bool = False
-):
+def float_forward(layers: Sequence[Layer], params: Mapping[str, Any], x: np.ndarray, *, trace: bool = False):
     """The float model in NumPy float64: its output, or every layer's output if ``trace``."""
     outs = []
     for index, layer in enumerate(layers):

@@ -6,7 +6,8 @@ import collections
 import dataclasses
 import os
 import threading
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -123,9 +124,7 @@ def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:
     elif len(program.inputs) == 1:
         feeds = {program.inputs[0].name: _checked_input(program.inputs[0], inputs)}
     else:
-        raise InputShapeError(
-            f"program has inputs {[s.name for s in program.inputs]}; pass a dict of arrays"
-        )
+        raise InputShapeError(f"program has inputs {[s.name for s in program.inputs]}; pass a dict of arrays")
     batches = {a.shape[0] for a in feeds.values()}
     if len(batches) != 1:
         raise InputShapeError(f"all inputs must share one batch size, got {sorted(batches)}")

@@ -1,0 +1,50 @@
+"""The zoo: digits models build reproducibly and keep their float model's accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import aivm_jax
+from aivm_jax import UnknownModelError
+from aivm_jax.models import build, load_digits_data, zoo_models
+
+
+@pytest.fixture(scope="module")
+def built(zoo_name):
+    return build(zoo_name)
+
+
+def test_zoo_lists_both_digits_models():
+    assert {"digits-mlp", "digits-cnn"} <= set(zoo_models())
+
+
+def test_integer_accuracy_meets_the_bar(built):
+    report = built.metadata["fidelity"]
+    n = report["examples"]
+    assert n == 360
+    integer, float_ = report["integer_correct"] / n, report["float_correct"] / n
+    assert integer >= 0.95
+    assert float_ - integer <= 0.005
+
+
+def test_fidelity_report_matches_a_fresh_evaluation(built):
+    data = load_digits_data()
+    x = data.x_test.reshape((-1, *built.inputs[0].shape))
+    predictions = np.argmax(aivm_jax.infer(built, x).outputs, axis=-1)
+    assert int((predictions == data.y_test).sum()) == built.metadata["fidelity"]["integer_correct"]
+
+
+def test_same_recipe_same_model_id(built, zoo_name):
+    assert build(zoo_name).model_id == built.model_id
+
+
+def test_build_matches_the_shipped_program(built, shipped_program):
+    # Float training is deterministic on one software stack and CPU family; if this
+    # fails on a new machine, the conformance programs still pin the integer semantics.
+    assert built.model_id == shipped_program.model_id
+
+
+def test_unknown_zoo_name():
+    with pytest.raises(UnknownModelError, match="available: digits-cnn, digits-mlp"):
+        build("digits-transformer")

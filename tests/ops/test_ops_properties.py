@@ -1,0 +1,206 @@
+"""Every op: the JAX lowering (jit and eager) equals the NumPy reference bit for bit."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from aivm_jax.ops import OPSET, lowering, reference
+
+I8 = st.integers(-128, 127)
+I32 = st.integers(-(2**31), 2**31 - 1)
+# Edge values are drawn often on purpose: saturation, ties and wrap live there.
+I8_EDGES = st.one_of(st.sampled_from([-128, -127, -1, 0, 1, 126, 127]), I8)
+I32_EDGES = st.one_of(st.sampled_from([-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 2, 2**31 - 1]), I32)
+
+
+def int8s(shape):
+    return hnp.arrays(np.int8, shape, elements=I8_EDGES)
+
+
+def int32s(shape):
+    return hnp.arrays(np.int32, shape, elements=I32_EDGES)
+
+
+def assert_lowering_matches(op: str, *operands, **attrs) -> np.ndarray:
+    expected = getattr(reference, op)(*operands, **attrs)
+    jitted = jax.jit(lambda *xs: getattr(lowering, op)(*xs, **attrs))(*operands)
+    with jax.disable_jit():
+        eager = getattr(lowering, op)(*operands, **attrs)
+    for got in (jitted, eager):
+        got = np.asarray(got)
+        assert got.dtype == expected.dtype, (op, got.dtype, expected.dtype)
+        np.testing.assert_array_equal(got, expected)
+    return expected
+
+
+def test_every_op_has_a_property_test():
+    tested = {name[len("test_") :].split("_property")[0] for name in globals() if name.endswith("_property")}
+    assert set(OPSET) <= tested, f"ops without a property test: {set(OPSET) - tested}"
+
+
+@given(st.data(), st.integers(1, 4), st.integers(1, 40), st.integers(1, 9))
+def test_matmul_property(data, batch, k, n):
+    x = data.draw(int8s((batch, k)))
+    w = data.draw(int8s((k, n)))
+    assert_lowering_matches("matmul", x, w)
+
+
+def test_matmul_extreme_accumulation_is_exact():
+    # 8192 products of (-128)(-128) = 2**27: far from float32's 2**24 exactness limit.
+    x = np.full((1, 8192), -128, np.int8)
+    w = np.full((8192, 2), -128, np.int8)
+    out = assert_lowering_matches("matmul", x, w)
+    assert out[0, 0] == 8192 * 16384
+
+
+@given(
+    st.data(),
+    st.integers(1, 3),
+    st.integers(1, 7),
+    st.integers(1, 7),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    st.lists(st.integers(0, 2), min_size=4, max_size=4),
+)
+def test_conv2d_property(data, b, h, w, c, o, kh, kw, sh, sw, pads):
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    if h + pads[0] + pads[1] < kh or w + pads[2] + pads[3] < kw:
+        return
+    x = data.draw(int8s((b, h, w, c)))
+    k = data.draw(int8s((kh, kw, c, o)))
+    assert_lowering_matches("conv2d", x, k, strides=(sh, sw), padding=padding)
+
+
+@given(st.data(), st.integers(1, 4), st.integers(1, 8))
+def test_bias_add_property(data, batch, n):
+    assert_lowering_matches("bias_add", data.draw(int32s((batch, n))), data.draw(int32s((n,))))
+
+
+def test_bias_add_wraps():
+    out = assert_lowering_matches(
+        "bias_add", np.array([[2**31 - 1, -(2**31)]], np.int32), np.array([1, -1], np.int32)
+    )
+    np.testing.assert_array_equal(out, [[-(2**31), 2**31 - 1]])
+
+
+@given(st.data(), st.integers(1, 4), st.integers(1, 6), st.booleans(), st.sampled_from(["int8", "int32"]))
+def test_requantize_property(data, batch, n, per_channel, out_dtype):
+    x = data.draw(int32s((batch, n)))
+    shape = (n,) if per_channel else ()
+    m = data.draw(int32s(shape))
+    s = data.draw(hnp.arrays(np.int32, shape, elements=st.integers(0, 62)))
+    assert_lowering_matches("requantize", x, m, s, out_dtype=out_dtype)
+
+
+def test_requantize_rounds_half_up_and_saturates():
+    x = np.array([[-5, 5, -3, 3, -1, 1, 2**31 - 1, -(2**31)]], np.int32)
+    out = assert_lowering_matches("requantize", x, np.int32(1), np.int32(1), out_dtype="int8")
+    np.testing.assert_array_equal(out, [[-2, 3, -1, 2, 0, 1, 127, -128]])
+
+
+def test_requantize_needs_64_bits():
+    # (2**31 - 1) * (2**31 - 1) overflows int32 and int64's sign bit is never reached.
+    x = np.array([[2**31 - 1, -(2**31)]], np.int32)
+    m = np.int32(2**31 - 1)
+    out = assert_lowering_matches("requantize", x, m, np.int32(62), out_dtype="int32")
+    exact = [((v * (2**31 - 1)) + 2**61) >> 62 for v in (2**31 - 1, -(2**31))]
+    np.testing.assert_array_equal(out, [exact])
+
+
+@given(st.data(), st.sampled_from(["int8", "int32"]))
+def test_relu_property(data, dtype):
+    elements = I8_EDGES if dtype == "int8" else I32_EDGES
+    assert_lowering_matches("relu", data.draw(hnp.arrays(dtype, (3, 5), elements=elements)))
+
+
+@given(st.data(), st.sampled_from(["int8", "int32"]))
+def test_table_property(data, dtype):
+    x = data.draw(int8s((2, 3, 5)))
+    values = data.draw(int8s((256,)) if dtype == "int8" else int32s((256,)))
+    assert_lowering_matches("table", x, values)
+
+
+def test_table_reaches_both_ends():
+    values = np.arange(256, dtype=np.int32) * 3 - 7
+    out = assert_lowering_matches("table", np.array([[-128, 127, 0]], np.int8), values)
+    np.testing.assert_array_equal(out, [[values[0], values[255], values[128]]])
+
+
+def _pool_args(data):
+    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    pads = (
+        (data.draw(st.integers(0, kh - 1)), data.draw(st.integers(0, kh - 1))),
+        (data.draw(st.integers(0, kw - 1)), data.draw(st.integers(0, kw - 1))),
+    )
+    h = data.draw(st.integers(max(1, kh - pads[0][0] - pads[0][1]), 7))
+    w = data.draw(st.integers(max(1, kw - pads[1][0] - pads[1][1]), 7))
+    x = data.draw(int8s((data.draw(st.integers(1, 3)), h, w, data.draw(st.integers(1, 3)))))
+    attrs = {
+        "window": (kh, kw),
+        "strides": (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))),
+        "padding": pads,
+    }
+    return x, attrs
+
+
+@given(st.data())
+def test_max_pool_property(data):
+    x, attrs = _pool_args(data)
+    assert_lowering_matches("max_pool", x, **attrs)
+
+
+@given(st.data())
+def test_avg_pool_property(data):
+    x, attrs = _pool_args(data)
+    assert_lowering_matches("avg_pool", x, **attrs)
+
+
+def test_avg_pool_rounds_half_up():
+    # windows of two: (-3 + -2) / 2 = -2.5 -> -2; (1 + 2) / 2 = 1.5 -> 2; (-128 + -127) -> -127
+    x = np.array([-3, -2, 1, 2, -128, -127], np.int8).reshape(1, 1, 6, 1)
+    out = assert_lowering_matches("avg_pool", x, window=(1, 2), strides=(1, 2), padding=((0, 0), (0, 0)))
+    np.testing.assert_array_equal(out.reshape(-1), [-2, 2, -127])
+
+
+@given(st.data())
+def test_reshape_property(data):
+    x = data.draw(int8s((2, 3, 4)))
+    shape = data.draw(st.sampled_from([(12,), (4, 3), (2, 2, 3), (1, 12)]))
+    assert_lowering_matches("reshape", x, shape=shape)
+
+
+@given(st.data())
+def test_flatten_property(data):
+    assert_lowering_matches("flatten", data.draw(int8s((2, 3, 2, 2))))
+
+
+@given(st.data(), st.permutations([0, 1, 2]))
+def test_transpose_property(data, perm):
+    assert_lowering_matches("transpose", data.draw(int32s((2, 2, 3, 4))), perm=tuple(perm))
+
+
+@given(st.data(), st.sampled_from([1, 2, -1]))
+def test_concat_property(data, axis):
+    a = data.draw(int8s((2, 3, 3)))
+    b = data.draw(int8s((2, 3, 3)))
+    assert_lowering_matches("concat", a, b, a, axis=axis)
+
+
+@given(st.data(), st.sampled_from([1, 2, -1]))
+def test_argmax_property(data, axis):
+    # few distinct values so that ties are common
+    x = data.draw(hnp.arrays(np.int8, (3, 4, 5), elements=st.sampled_from([-128, 0, 5, 127])))
+    assert_lowering_matches("argmax", x, axis=axis)
+
+
+def test_argmax_ties_go_to_lowest_index():
+    out = assert_lowering_matches("argmax", np.array([[1, 7, 7, 7], [-128, -128, -128, -128]], np.int8))
+    np.testing.assert_array_equal(out, [1, 0])

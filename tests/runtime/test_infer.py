@@ -1,0 +1,112 @@
+"""`infer`: results, hashes, input validation, and no float on the inference path."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+import aivm_jax
+from aivm_jax import InputDTypeError, InputRangeError, InputShapeError, ModelIdMismatchError
+from aivm_jax.runtime import output_hash, quantize_input, row_hashes
+from aivm_jax.runtime._infer import _compiled_for
+
+
+def test_result_fields(shipped_program, fixed_inputs):
+    result = aivm_jax.infer(shipped_program, fixed_inputs)
+    assert result.model_id == shipped_program.model_id
+    assert result.outputs.dtype == np.int8 and result.outputs.shape == (len(fixed_inputs), 10)
+    assert len(result.row_hashes) == len(fixed_inputs)
+    assert all(re.fullmatch(r"0x[0-9a-f]{64}", h) for h in (*result.row_hashes, result.output_hash))
+    assert result.output_hash == output_hash(result.model_id, result.row_hashes)
+    np.testing.assert_array_equal(result.named_outputs["y"], result.outputs)
+
+
+def test_accepts_a_path_and_checks_the_expected_id(shipped_program, fixed_inputs, tmp_path):
+    path = tmp_path / "m.aivm"
+    aivm_jax.save(shipped_program, path)
+    from_path = aivm_jax.infer(str(path), fixed_inputs, expected_model_id=shipped_program.model_id)
+    assert from_path.output_hash == aivm_jax.infer(shipped_program, fixed_inputs).output_hash
+    with pytest.raises(ModelIdMismatchError):
+        aivm_jax.infer(path, fixed_inputs, expected_model_id="0x" + "ab" * 32)
+    with pytest.raises(ModelIdMismatchError):
+        aivm_jax.infer(shipped_program, fixed_inputs, expected_model_id="0x" + "ab" * 32)
+
+
+def test_row_hash_depends_on_model_and_output():
+    out = np.array([[1, 2], [1, 2], [1, 3]], np.int8)
+    a = row_hashes("0x" + "11" * 32, ["y"], [out])
+    b = row_hashes("0x" + "22" * 32, ["y"], [out])
+    assert a[0] == a[1] != a[2]
+    assert a[0] != b[0]
+    assert row_hashes("0x" + "11" * 32, ["y"], [out.astype(np.int32)])[0] != a[0]
+
+
+def test_wider_integer_dtypes_are_accepted_when_values_fit(shipped_program, fixed_inputs):
+    narrow = aivm_jax.infer(shipped_program, fixed_inputs)
+    wide = aivm_jax.infer(shipped_program, fixed_inputs.astype(np.int64))
+    listed = aivm_jax.infer(shipped_program, fixed_inputs.tolist())
+    assert narrow.output_hash == wide.output_hash == listed.output_hash
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda x: x.astype(np.float32), InputDTypeError, "quantize_input"),
+        (lambda x: x.astype(bool), InputDTypeError, "integers"),
+        (lambda x: x[0], InputShapeError, "batch axis"),
+        (lambda x: x.reshape(len(x), -1)[:, :-1], InputShapeError, "must have shape"),
+        (lambda x: x[:0], InputShapeError, "empty batch"),
+        (lambda x: x.astype(np.int32) + 200, InputRangeError, r"\[-128, 127\]"),
+        (lambda x: x.astype(np.int32) - 300, InputRangeError, "outside int8"),
+        (lambda x: {"wrong": x}, InputShapeError, "program inputs"),
+    ],
+)
+def test_bad_inputs_get_typed_errors(shipped_program, fixed_inputs, make, error, message):
+    with pytest.raises(error, match=message):
+        aivm_jax.infer(shipped_program, make(fixed_inputs))
+
+
+def test_typed_errors_are_also_builtins():
+    assert issubclass(InputDTypeError, TypeError) and issubclass(InputDTypeError, aivm_jax.AivmError)
+    assert issubclass(InputRangeError, ValueError) and issubclass(InputShapeError, ValueError)
+
+
+def test_no_float_on_the_inference_path(shipped_program, fixed_inputs):
+    entry = _compiled_for(shipped_program)
+    feeds = {"x": fixed_inputs}
+    hlo = entry.fn.lower(entry.params_on(None), feeds).compile().as_text()
+    assert "s8" in hlo and "s32" in hlo  # the check below would be vacuous otherwise
+    floats = re.findall(r"\b(?:bf16|f16|f32|f64|f8\w*)\[", hlo)
+    assert not floats, f"float types in the compiled program: {sorted(set(floats))}"
+
+
+def test_compiles_once_per_input_shape(shipped_program, fixed_inputs):
+    entry = _compiled_for(shipped_program)
+    aivm_jax.infer(shipped_program, fixed_inputs)
+    before = entry.fn._cache_size()
+    for _ in range(3):
+        aivm_jax.infer(shipped_program, fixed_inputs)
+    assert entry.fn._cache_size() == before
+    aivm_jax.infer(shipped_program, fixed_inputs[:3])
+    assert entry.fn._cache_size() == before + 1
+
+
+def test_x64_setting_of_the_user_does_not_matter(shipped_program, fixed_inputs):
+    default = aivm_jax.infer(shipped_program, fixed_inputs, mode="eager")
+    with jax.enable_x64(True):
+        wide = aivm_jax.infer(shipped_program, fixed_inputs, mode="eager")
+    assert wide.output_hash == default.output_hash
+
+
+def test_quantize_input_rounds_half_up_and_saturates():
+    out = quantize_input(np.array([-2.5, -1.5, 0.49, 2.5, 1e9, -1e9]), 1.0)
+    np.testing.assert_array_equal(out, [-2, -1, 0, 3, 127, -128])
+    assert out.dtype == np.int8
+
+
+def test_determinism_flags_are_in_force():
+    report = aivm_jax.determinism_report()
+    assert report["determinism_flags_set"], report["xla_flags"]
