@@ -21,7 +21,14 @@ from aivm_jax.models._flax_net import SequentialNet
 from aivm_jax.program import Program
 from aivm_jax.quant import AvgPool, Conv, Dense, Flatten, Layer, MaxPool, classification_fidelity, quantize
 
-__all__ = ["DigitsData", "DigitsRecipe", "DIGITS_RECIPES", "build_digits", "load_digits_data"]
+__all__ = [
+    "DIGITS_RECIPES",
+    "DigitsData",
+    "DigitsRecipe",
+    "build_digits",
+    "load_digits_data",
+    "train_float_model",
+]
 
 PIXEL_SCALE = 1.0 / 16.0
 _TEST_SIZE = 360
@@ -119,6 +126,15 @@ def _train(recipe: DigitsRecipe, x: np.ndarray, y: np.ndarray, progress: Callabl
     return jax.tree_util.tree_map(np.asarray, params)
 
 
+def train_float_model(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda _: None):
+    """Train the recipe's float Flax model on the training split; return its params (NumPy)."""
+    data = load_digits_data()
+    x_train = (data.x_train.astype(np.float32) * PIXEL_SCALE).reshape((-1, *recipe.input_shape))
+    # Flax and optax rely on standard promotion; do not depend on the caller's global setting.
+    with jax.numpy_dtype_promotion("standard"):
+        return _train(recipe, x_train, data.y_train, progress)
+
+
 def build_digits(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda _: None) -> Program:
     """Train the float model, quantize it, measure fidelity on the test split, return the program."""
     from aivm_jax.runtime import infer
@@ -127,9 +143,8 @@ def build_digits(recipe: DigitsRecipe, progress: Callable[[str], None] = lambda 
     shape = (-1, *recipe.input_shape)
     x_train = (data.x_train.astype(np.float32) * PIXEL_SCALE).reshape(shape)
     x_test_int = data.x_test.reshape(shape)
-    # Flax and optax rely on standard promotion; do not depend on the caller's global setting.
+    params = train_float_model(recipe, progress)
     with jax.numpy_dtype_promotion("standard"):
-        params = _train(recipe, x_train, data.y_train, progress)
         float_logits = np.asarray(
             SequentialNet(layers=recipe.layers).apply(
                 {"params": params}, (x_test_int * PIXEL_SCALE).astype(np.float32)
