@@ -16,11 +16,18 @@ import platform
 import statistics
 import time
 
-import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
 import jax
 import numpy as np
 
-from aivm_jax.models import DIGITS_RECIPES, PIXEL_SCALE, SequentialNet, build, load_digits_data, train_float_model
+import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
+from aivm_jax.models import (
+    DIGITS_RECIPES,
+    PIXEL_SCALE,
+    SequentialNet,
+    build,
+    load_digits_data,
+    train_float_model,
+)
 from aivm_jax.runtime import infer
 from aivm_jax.runtime._infer import _compiled_for
 
@@ -35,13 +42,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(repeats: int, fn, *args) -> float:
+    """Median wall time of ``fn(*args)`` (results blocked on) after 3 warm-up calls."""
     for _ in range(3):
-        fn()
+        jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -51,8 +59,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     data = load_digits_data()
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} x {jax.devices()[0].platform}, "
-          f"jax {jax.__version__}")
+    print(
+        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} x {jax.devices()[0].platform}, "
+        f"jax {jax.__version__}"
+    )
     header = f"{'model':12s} {'batch':>5s} {'float jax (ex/s)':>17s} {'aivm jit (ex/s)':>16s} {'ratio':>6s} {'aivm infer (ex/s)':>18s} {'ratio':>6s}"
     print(header)
     print("-" * len(header))
@@ -67,11 +77,13 @@ def main() -> None:
             x_int = np.resize(data.x_test, (batch, 64)).reshape((batch, *recipe.input_shape))
             x_float = jax.device_put((x_int * PIXEL_SCALE).astype(np.float32))
             x_dev = {"x": jax.device_put(x_int)}
-            t_float = _median_seconds(lambda: float_fn(params, x_float)[0].block_until_ready(), args.repeats)
-            t_jit = _median_seconds(lambda: entry.fn(device_params, x_dev)[0].block_until_ready(), args.repeats)
-            t_infer = _median_seconds(lambda: infer(program, x_int), args.repeats)
-            print(f"{name:12s} {batch:5d} {batch / t_float:17,.0f} {batch / t_jit:16,.0f} {t_float / t_jit:6.2f} "
-                  f"{batch / t_infer:18,.0f} {t_float / t_infer:6.2f}")
+            t_float = _median_seconds(args.repeats, float_fn, params, x_float)
+            t_jit = _median_seconds(args.repeats, entry.fn, device_params, x_dev)
+            t_infer = _median_seconds(args.repeats, infer, program, x_int)
+            print(
+                f"{name:12s} {batch:5d} {batch / t_float:17,.0f} {batch / t_jit:16,.0f} {t_float / t_jit:6.2f} "
+                f"{batch / t_infer:18,.0f} {t_float / t_infer:6.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -3,3 +3,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 python -m pytest "$@"
 ruff check aivm_jax tests benchmarks scripts
+ruff format --check aivm_jax tests benchmarks scripts
