@@ -14,13 +14,19 @@ __all__ = [
     "InputFileError",
     "InputRangeError",
     "InputShapeError",
+    "InvalidProofError",
+    "KeysNotFoundError",
     "ModelFileError",
     "ModelFileNotFoundError",
     "ModelIdMismatchError",
     "OpError",
     "ProgramError",
+    "ProofError",
+    "SrsError",
     "TamperedModelError",
+    "ToolchainError",
     "UnknownModelError",
+    "UnsupportedForProofError",
 ]
 
 
@@ -73,3 +79,27 @@ class UnknownModelError(AivmError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ProofError(AivmError):
+    """Proof generation failed, or a program cannot be expressed exactly as a circuit."""
+
+
+class UnsupportedForProofError(ProofError, ValueError):
+    """The program uses an op, attribute or value range the circuit export cannot match bit for bit."""
+
+
+class SrsError(ProofError, ValueError):
+    """No usable structured reference string: give ``--srs PATH`` (a ceremony file) or ``--dev-srs``."""
+
+
+class KeysNotFoundError(ProofError, FileNotFoundError):
+    """No proving/verifying keys for this model id yet: run ``aivm prove setup`` first."""
+
+
+class InvalidProofError(ProofError, ValueError):
+    """A proof file does not verify: tampered, altered claim, or made for another model."""
+
+
+class ToolchainError(ProofError, RuntimeError):
+    """An external tool (Node.js, npm, solc-js) is missing or failed."""

@@ -153,6 +153,7 @@ class Program:
                 raise ProgramError(f"{where}: name {node.output!r} is defined twice")
             types[node.output] = out_type
             nodes.append(Node(op=node.op, inputs=tuple(node.inputs), output=node.output, attrs=attrs))
+        object.__setattr__(self, "_value_shapes", {name: t.shape[1:] for name, t in types.items()})
         for spec in self.outputs:
             actual = types.get(spec.name)
             if actual is None:
@@ -170,6 +171,12 @@ class Program:
         from aivm_jax.program._format import model_id_of
 
         return model_id_of(self)
+
+    def value_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of an input or computed value without its batch axis (a parameter's own shape)."""
+        if name in self.params:
+            return tuple(self.params[name].shape)
+        return self._value_shapes[name]
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

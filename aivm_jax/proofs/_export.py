@@ -1,0 +1,229 @@
+"""Export an AIVM program to an ONNX graph that EZKL evaluates exactly at scale 0.
+
+At ``input_scale = param_scale = 0`` EZKL represents integers exactly, so the
+export only has to (1) keep every constant exactly representable in float32
+(ONNX's tensor type) and (2) express each op with ONNX ops whose EZKL
+semantics are exact integer semantics. The tricks, op by op:
+
+* ``requantize``: ``M`` (31 bits) is split as ``Mhi * 2**16 + Mlo`` so that both
+  constants are exact in float32; per-channel shifts become one common shift
+  ``S = max(s)`` with the multiplier scaled by ``2**(S - s)`` (the same
+  quotient: ``floor(a / 2**s) == floor(a * 2**k / 2**(s + k))``); then
+  ``Add(2**(S-1))`` and a chain of ``Div(2**k) -> Floor`` steps, ``k <= DIV_BITS``
+  (EZKL range-checks the remainder of a ``Div`` by ``d`` in base ``d`` with
+  ``decomp_legs`` digits, so ``d`` must stay small), exact since
+  ``floor(floor(a / m) / n) == floor(a / (m n))``. A ``Div`` alone is not an
+  integer division in EZKL (it changes the fixed-point scale; rounding happens
+  later), so every step ends in ``Floor``.
+* ``bias_add``: int32 biases are split the same way into two exact constants.
+* ``conv2d`` / pools: NHWC is kept between ops; each conv or pool transposes
+  to NCHW and back. ``avg_pool`` sums with a 0/1 convolution, then
+  ``floor((2S + n) / 2n)`` by the same floor division.
+* ``table``: ``Gather(values, x + 128)``.
+
+Programs whose values could wrap int32 (by `program_bounds`) are refused:
+a circuit computes exact integers, and they would differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from aivm_jax._errors import UnsupportedForProofError
+from aivm_jax.program import Program
+from aivm_jax.proofs._bounds import program_bounds
+
+__all__ = ["ExportedCircuit", "export_onnx"]
+
+DIV_BITS = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedCircuit:
+    """The ONNX model bytes and the integer bounds that size the circuit.
+
+    Attributes:
+      onnx_bytes: serialized ONNX model (batch 1, float32 tensors holding integers).
+      max_dividend: largest ``|value|`` any ``Div`` step can see.
+      max_value: largest ``|value|`` of any program value.
+      table_index_range: whether any ``Gather`` lookups are used.
+    """
+
+    onnx_bytes: bytes
+    max_dividend: int
+    max_value: int
+    uses_tables: bool
+
+
+class _Graph:
+    def __init__(self) -> None:
+        import onnx.helper  # noqa: F401  (fail early with ImportError if the extra is missing)
+
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, value, hint: str = "c", dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        array = np.asarray(value)
+        if dtype is np.float32:
+            exact = array.astype(np.float64)  # every int below 2**53 is exact in float64
+            if not np.array_equal(exact.astype(np.float32).astype(np.float64), exact):
+                raise UnsupportedForProofError(f"constant {hint} is not exact in float32")
+            array = array.astype(np.float32)
+        else:
+            array = array.astype(dtype)
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+        from onnx import helper
+
+        out = self._name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+
+def _split16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``v = hi * 2**16 + lo`` with ``lo`` in ``[0, 2**16)``; ``hi * 2**16`` is exact in float32."""
+    v = values.astype(np.int64)
+    hi = v >> 16
+    return hi << 16, v - (hi << 16)
+
+
+def _floor_div(g: _Graph, x: str, divisor: int) -> str:
+    """``floor(x / d)``: EZKL keeps a ``Div`` by a constant exact (as a rescale) and
+    ``Floor`` then rounds towards minus infinity."""
+    return g.op("Floor", [g.op("Div", [x, g.const(np.float32(divisor), "divisor")])])
+
+
+def _floor_div_chain(g: _Graph, x: str, bits: int) -> str:
+    """``floor(x / 2**bits)`` as steps of at most ``DIV_BITS`` bits, using
+    ``floor(floor(a / m) / n) == floor(a / (m n))``."""
+    while bits > 0:
+        step = min(DIV_BITS, bits)
+        x = _floor_div(g, x, 2**step)
+        bits -= step
+    return x
+
+
+def export_onnx(program: Program) -> ExportedCircuit:
+    """Translate ``program`` (batch 1) into ONNX; raise `UnsupportedForProofError` if not exact."""
+    from onnx import TensorProto, helper
+
+    if len(program.inputs) != 1 or len(program.outputs) != 1:
+        raise UnsupportedForProofError("proofs support programs with one input and one output")
+    bounds = program_bounds(program)
+    for name, bound in bounds.items():
+        if bound >= 2**31:
+            raise UnsupportedForProofError(
+                f"value {name!r} may reach {bound} and wrap int32; a circuit computes exactly, so the "
+                "proof could not match the runtime"
+            )
+    g = _Graph()
+    values = {program.inputs[0].name: program.inputs[0].name}
+    max_dividend, uses_tables = 0, False
+    P = program.params
+    for node in program.nodes:
+        x = values[node.inputs[0]]
+        bound = bounds[node.inputs[0]]
+        a = node.attrs
+        if node.op == "matmul":
+            out = g.op("MatMul", [x, g.const(P[node.inputs[1]], "weight")])
+        elif node.op == "conv2d":
+            w = np.transpose(P[node.inputs[1]], (3, 2, 0, 1))  # HWIO -> OIHW
+            (top, bottom), (left, right) = a["padding"]
+            nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
+            conv = g.op(
+                "Conv", [nchw, g.const(w, "weight")], kernel_shape=list(w.shape[2:]),
+                strides=list(a["strides"]), pads=[top, left, bottom, right], dilations=[1, 1],
+            )
+            out = g.op("Transpose", [conv], perm=[0, 2, 3, 1])
+        elif node.op == "bias_add":
+            hi, lo = _split16(P[node.inputs[1]])
+            out = g.op("Add", [x, g.const(lo, "bias_lo")])
+            if hi.any():
+                out = g.op("Add", [out, g.const(hi, "bias_hi")])
+        elif node.op == "requantize":
+            m = P[node.inputs[1]].astype(np.int64)
+            s = P[node.inputs[2]].astype(np.int64)
+            common = int(s.max())
+            m_scaled = m << (common - s)  # exact: the same quotient at the common shift
+            if np.abs(m_scaled).max(initial=0) >= 2**46:
+                raise UnsupportedForProofError(f"{node.output}: per-channel shifts differ too much")
+            hi, mid = m_scaled >> 32 << 32, m_scaled - (m_scaled >> 32 << 32)
+            mid_hi, lo = _split16(mid)
+            terms = [g.op("Mul", [x, g.const(part, "mult")]) for part in (hi, mid_hi, lo) if part.any()]
+            out = terms[0]
+            for term in terms[1:]:
+                out = g.op("Add", [out, term])
+            if not terms:
+                out = g.op("Mul", [x, g.const(np.float32(0), "zero")])
+            if common > 0:
+                out = g.op("Add", [out, g.const(np.float32(2 ** (common - 1)), "half")])
+                max_dividend = max(max_dividend, bound * int(np.abs(m_scaled).max()) + 2 ** (common - 1))
+                out = _floor_div_chain(g, out, common)
+            if a["out_dtype"] == "int8":
+                out = g.op("Clip", [out, g.const(np.float32(-128), "lo"), g.const(np.float32(127), "hi")])
+            elif bounds[node.output] >= 2**31 - 1:
+                raise UnsupportedForProofError(f"{node.output}: int32 saturation is not exported")
+        elif node.op == "relu":
+            out = g.op("Relu", [x])
+        elif node.op == "table":
+            uses_tables = True
+            table = P[node.inputs[1]]
+            index = g.op("Add", [x, g.const(np.float32(128), "offset")])
+            out = g.op("Gather", [g.const(table, "table"), index], axis=0)
+        elif node.op in ("max_pool", "avg_pool"):
+            if a["padding"] != ((0, 0), (0, 0)):
+                raise UnsupportedForProofError(f"{node.op} with padding is not exported yet")
+            nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
+            if node.op == "max_pool":
+                pooled = g.op("MaxPool", [nchw], kernel_shape=list(a["window"]), strides=list(a["strides"]))
+            else:
+                channels = program.value_shape(node.inputs[0])[-1]
+                n = a["window"][0] * a["window"][1]
+                ones = np.zeros((channels, channels, *a["window"]), np.float32)
+                ones[np.arange(channels), np.arange(channels)] = 1.0
+                total = g.op("Conv", [nchw, g.const(ones, "sum_kernel")], kernel_shape=list(a["window"]),
+                             strides=list(a["strides"]), pads=[0, 0, 0, 0], dilations=[1, 1])
+                doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
+                shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
+                max_dividend = max(max_dividend, 2 * bound * n + n)
+                pooled = _floor_div(g, shifted, 2 * n)
+            out = g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
+        elif node.op in ("reshape", "flatten"):
+            shape = a["shape"] if node.op == "reshape" else (int(np.prod(program.value_shape(node.inputs[0]))),)
+            out = g.op("Reshape", [x, g.const(np.array([1, *shape]), "shape", dtype=np.int64)])
+        elif node.op == "transpose":
+            out = g.op("Transpose", [x], perm=[0, *[p + 1 for p in a["perm"]]])
+        elif node.op == "concat":
+            out = g.op("Concat", [values[name] for name in node.inputs], axis=a["axis"])
+        else:
+            raise UnsupportedForProofError(f"op {node.op!r} has no exact circuit export yet")
+        values[node.output] = out
+    spec_in, spec_out = program.inputs[0], program.outputs[0]
+    graph = helper.make_graph(
+        g.nodes,
+        program.name,
+        [helper.make_tensor_value_info(spec_in.name, TensorProto.FLOAT, [1, *spec_in.shape])],
+        [helper.make_tensor_value_info(values[spec_out.name], TensorProto.FLOAT, [1, *spec_out.shape])],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="aivm_jax")
+    return ExportedCircuit(
+        onnx_bytes=model.SerializeToString(),
+        max_dividend=max_dividend,
+        max_value=max(bounds.values()),
+        uses_tables=uses_tables,
+    )
+
