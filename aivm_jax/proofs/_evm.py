@@ -1,0 +1,107 @@
+"""The on-chain verifier: EZKL's reusable Solidity verifier, compiled with the pinned solc-js.
+
+EZKL's *reusable* verifier is one contract for many circuits: each model
+registers its verifying key artifact (VKA, a ``bytes32[]``) once with
+``registerVka``, and ``verifyProof(proof, instances, vka)`` checks a proof
+against a registered VKA. (The per-circuit verifier of the digits CNN compiles
+to about 73 KB, far over the 24,576-byte contract limit; the reusable one is
+about 11 KB.)
+
+Compilation runs ``node compile.js`` from ``aivm_jax/proofs/solcjs``, whose
+``package.json`` pins solc-js; ``scripts/_venv.sh`` installs it with ``npm ci``.
+Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from aivm_jax._errors import ProofError, ToolchainError
+from aivm_jax.proofs._ezkl import call, step
+from aivm_jax.proofs._keys import ProvingKeys
+
+__all__ = [
+    "SOLCJS_DIR",
+    "compile_solidity",
+    "evm_calldata",
+    "read_vka",
+    "write_verifier",
+]
+
+SOLCJS_DIR = Path(__file__).parent / "solcjs"
+
+
+def compile_solidity(source: Path) -> dict[str, Any]:
+    """Compile ``source`` with the pinned solc-js; return ``{contract: {abi, bytecode, ...}}``."""
+    node = shutil.which("node")
+    if node is None:
+        raise ToolchainError("compiling Solidity needs Node.js (20 or newer) on PATH")
+    if not (SOLCJS_DIR / "node_modules" / "solc").is_dir():
+        raise ToolchainError(
+            f"the pinned solc-js is not installed; run `npm ci --prefix {SOLCJS_DIR}` (scripts/_venv.sh does)"
+        )
+    done = subprocess.run(
+        [node, str(SOLCJS_DIR / "compile.js"), str(source)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise ToolchainError(f"solc-js failed on {source}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def read_vka(path: Path) -> list[bytes]:
+    """EZKL's VKA file: a u64 little-endian count, then that many 32-byte words."""
+    data = path.read_bytes()
+    (count,) = struct.unpack_from("<Q", data)
+    if len(data) != 8 + 32 * count:
+        raise ProofError(f"{path} is not a VKA file ({len(data)} bytes for {count} words)")
+    return [data[8 + 32 * i : 8 + 32 * (i + 1)] for i in range(count)]
+
+
+def write_verifier(keys: ProvingKeys, out_dir: Path, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Write ``Verifier.sol``, ``Verifier.json`` (ABI, bytecode) and ``vka.json`` for a model into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sol = out_dir / "Verifier.sol"
+    with tempfile.TemporaryDirectory(prefix="aivm-verifier-") as tmp:
+        abi_tmp = Path(tmp) / "abi.json"
+        sol_tmp = Path(tmp) / "Verifier.sol"
+        with step(progress, "writing the Solidity verifier"):
+            try:
+                call("create_evm_verifier", str(keys.vk), str(keys.circuit.settings), str(sol_tmp),
+                     str(abi_tmp), str(keys.srs_path), True)
+            except ProofError:
+                # EZKL writes the source, then tries to download solc to check it; we compile with solc-js.
+                if not sol_tmp.exists():
+                    raise
+        shutil.copy(sol_tmp, sol)
+    with step(progress, "compiling it with solc-js"):
+        compiled = compile_solidity(sol)
+    name = next(k for k in compiled if k != "compiler")
+    artifact = {"contract": name, "compiler": compiled["compiler"], **compiled[name]}
+    (out_dir / "Verifier.json").write_text(json.dumps(artifact, indent=1) + "\n")
+    vka = ["0x" + word.hex() for word in read_vka(keys.vka)]
+    (out_dir / "vka.json").write_text(json.dumps({"model_id": keys.model_id, "vka": vka}, indent=1) + "\n")
+    return {
+        "model_id": keys.model_id,
+        "contract": name,
+        "compiler": compiled["compiler"],
+        "sol": str(sol),
+        "artifact": str(out_dir / "Verifier.json"),
+        "vka": str(out_dir / "vka.json"),
+        "deployed_bytecode_bytes": (len(artifact["deployedBytecode"]) - 2) // 2,
+    }
+
+
+def evm_calldata(document: dict[str, Any], keys: ProvingKeys) -> bytes:
+    """Calldata of ``verifyProof(proof, instances, vka)`` for a proof document."""
+    with tempfile.TemporaryDirectory(prefix="aivm-calldata-") as tmp:
+        proof_path = Path(tmp) / "proof.json"
+        proof_path.write_text(json.dumps(document["proof"]))
+        call("encode_evm_calldata", str(proof_path), str(Path(tmp) / "calldata.bin"), str(keys.vka))
+        return (Path(tmp) / "calldata.bin").read_bytes()
