@@ -6,26 +6,15 @@
 
 Importing this package sets XLA's determinism flags (see
 `aivm_jax.runtime.determinism_report`); import it before JAX creates its backends.
+Subpackages: `ops`, `program`, `runtime`, `quant`, `models`, `conformance`, `proofs`.
 """
 
 from aivm_jax.runtime._determinism import apply_determinism_flags as _apply
 
 _apply()
 
-from aivm_jax._errors import (  # noqa: E402
-    AivmError,
-    InputDTypeError,
-    InputFileError,
-    InputRangeError,
-    InputShapeError,
-    ModelFileError,
-    ModelFileNotFoundError,
-    ModelIdMismatchError,
-    OpError,
-    ProgramError,
-    TamperedModelError,
-    UnknownModelError,
-)
+from aivm_jax import _errors  # noqa: E402
+from aivm_jax._errors import *  # noqa: E402,F403
 from aivm_jax.ops import OPSET_VERSION  # noqa: E402
 from aivm_jax.program import Node, Program, ValueSpec, load, save  # noqa: E402
 from aivm_jax.runtime import InferenceResult, determinism_report, infer, quantize_input  # noqa: E402
@@ -34,25 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OPSET_VERSION",
-    "AivmError",
     "InferenceResult",
-    "InputDTypeError",
-    "InputFileError",
-    "InputRangeError",
-    "InputShapeError",
-    "ModelFileError",
-    "ModelFileNotFoundError",
-    "ModelIdMismatchError",
     "Node",
-    "OpError",
     "Program",
-    "ProgramError",
-    "TamperedModelError",
-    "UnknownModelError",
     "ValueSpec",
     "determinism_report",
     "infer",
     "load",
     "quantize_input",
     "save",
+    *_errors.__all__,
 ]

@@ -16,4 +16,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -c "import aivm_jax" # fails loudly if the install did not work
   echo "$want" > "$stamp"
 fi
+# The pinned solc-js that compiles Solidity verifiers and contracts (needs Node.js and npm).
+solcjs=aivm_jax/proofs/solcjs
+if [ ! -d "$solcjs/node_modules/solc" ] || [ "$solcjs/package-lock.json" -nt "$solcjs/node_modules/.package-lock.json" ]; then
+  if command -v npm >/dev/null; then
+    echo "installing the pinned solc-js into $solcjs/node_modules" >&2
+    npm ci --prefix "$solcjs" --no-audit --no-fund --loglevel=error >&2
+  else
+    echo "warning: npm not found; Solidity compilation (aivm prove verifier) will not work" >&2
+  fi
+fi
 export PATH="$PWD/.venv/bin:$PATH"

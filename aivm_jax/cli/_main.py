@@ -172,3 +172,151 @@ def conformance(as_json: bool) -> None:
     _emit(report, as_json, "\n".join([*lines, verdict]))
     if not report["conformant"]:
         sys.exit(2)
+
+
+# --------------------------------------------------------------------------- proofs
+
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    envvar="AIVM_CACHE_DIR",
+    default=None,
+    help="Where proving keys are cached (default: $AIVM_CACHE_DIR or ~/.cache/aivm).",
+)
+
+
+class _ProveGroup(_AivmGroup):
+    """`aivm prove FILE ...` runs the proof itself; `setup` and `verifier` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ProveGroup)
+def prove() -> None:
+    """Zero-knowledge proofs of the exact output (EZKL).
+
+    \b
+      aivm prove setup FILE (--srs PATH | --dev-srs)
+      aivm prove FILE --input X.npy -o PROOF
+      aivm prove verifier FILE -o DIR
+    """
+
+
+@prove.command("setup")
+@program_argument
+@click.option("--srs", type=click.Path(path_type=Path), help="Structured reference string from a ceremony.")
+@click.option("--dev-srs", is_flag=True, help="Generate a local SRS: for development only, NOT secure.")
+@cache_dir_option
+@json_option
+def prove_setup(file: Path, srs: Path | None, dev_srs: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Build FILE's circuit and keys once (cached per model id)."""
+    from aivm_jax import proofs
+
+    keys = proofs.setup(
+        aivm_jax.load(file), srs=srs, dev_srs=dev_srs, cache_dir=cache_dir, progress=_progress
+    )
+    data = {
+        "model_id": keys.model_id,
+        "vk_sha256": keys.vk_sha256,
+        "logrows": keys.logrows,
+        "srs": str(keys.srs_path),
+        "dev_srs": keys.dev_srs,
+        "keys": str(keys.directory),
+    }
+    _emit(
+        data,
+        as_json,
+        f"model id   {keys.model_id}\nvk sha256  {keys.vk_sha256}\nlogrows    {keys.logrows}\nkeys in    {keys.directory}",
+    )
+
+
+@prove.command("run", hidden=True)
+@program_argument
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="One input row (.npy or .json).",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the proof file."
+)
+@cache_dir_option
+@json_option
+def prove_run(file: Path, input_path: Path, output: Path, cache_dir: Path | None, as_json: bool) -> None:
+    """Prove one inference row of FILE and write a self-describing proof file."""
+    from aivm_jax import proofs
+    from aivm_jax.runtime import read_input_file
+
+    document = proofs.prove(
+        aivm_jax.load(file), read_input_file(input_path), cache_dir=cache_dir, progress=_progress
+    )
+    proofs.write_proof(document, output)
+    data = {
+        "model_id": document["model_id"],
+        "output_hash": document["output_hash"],
+        "outputs": document["outputs"],
+        "proving_seconds": document["proving_seconds"],
+        "proof": str(output),
+    }
+    _emit(
+        data,
+        as_json,
+        "\n".join(
+            [
+                f"model id     {data['model_id']}",
+                f"output hash  {data['output_hash']}",
+                f"outputs      {data['outputs'][0]}",
+                f"proved in    {data['proving_seconds']} s -> {output}",
+            ]
+        ),
+    )
+
+
+@prove.command("verifier")
+@program_argument
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for Verifier.sol/.json and vka.json.",
+)
+@cache_dir_option
+@json_option
+def prove_verifier(file: Path, output: Path, cache_dir: Path | None, as_json: bool) -> None:
+    """Write FILE's Solidity verifier, its compiled ABI and bytecode, and the model's VKA."""
+    from aivm_jax import proofs
+
+    program = aivm_jax.load(file)
+    info = proofs.write_verifier(proofs.load_keys(program.model_id, cache_dir), output, progress=_progress)
+    _emit(info, as_json, "\n".join(f"{k:24s} {v}" for k, v in info.items()))
+
+
+@main.command()
+@click.argument("proof", type=click.Path(path_type=Path))
+@click.option("--srs", type=click.Path(path_type=Path), help="SRS file (default: the one setup used).")
+@cache_dir_option
+@json_option
+def verify(proof: Path, srs: Path | None, cache_dir: Path | None, as_json: bool) -> None:
+    """Verify a proof file offline; exit 0 only if it is valid."""
+    from aivm_jax import proofs
+
+    checked = proofs.verify(proofs.read_proof(proof), cache_dir=cache_dir, srs=srs)
+    data = {
+        "valid": True,
+        "model_id": checked.model_id,
+        "output_hash": checked.output_hash,
+        "outputs": checked.outputs.tolist(),
+        "dev_srs": checked.dev_srs,
+    }
+    warning = "\n" + proofs.DEV_SRS_WARNING if checked.dev_srs else ""
+    _emit(
+        data,
+        as_json,
+        f"VALID proof\nmodel id     {checked.model_id}\noutput hash  {checked.output_hash}\noutputs      {data['outputs'][0]}{warning}",
+    )

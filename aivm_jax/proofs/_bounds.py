@@ -46,7 +46,8 @@ def program_bounds(program: Program) -> dict[str, int]:
         elif node.op == "concat":
             out = max(bounds[name] for name in node.inputs)
         elif node.op == "argmax":
-            out = 2**31
+            shape = (1, *program.value_shape(node.inputs[0]))
+            out = shape[node.attrs["axis"] % len(shape)]
         else:  # relu, pools (a mean or max never exceeds its operands), layout ops
             out = first
         bounds[node.output] = out

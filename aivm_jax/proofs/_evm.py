@@ -19,8 +19,9 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aivm_jax._errors import ProofError, ToolchainError
 from aivm_jax.proofs._ezkl import call, step
@@ -63,7 +64,9 @@ def read_vka(path: Path) -> list[bytes]:
     return [data[8 + 32 * i : 8 + 32 * (i + 1)] for i in range(count)]
 
 
-def write_verifier(keys: ProvingKeys, out_dir: Path, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def write_verifier(
+    keys: ProvingKeys, out_dir: Path, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
     """Write ``Verifier.sol``, ``Verifier.json`` (ABI, bytecode) and ``vka.json`` for a model into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,15 @@ def write_verifier(keys: ProvingKeys, out_dir: Path, progress: Callable[[str], N
         sol_tmp = Path(tmp) / "Verifier.sol"
         with step(progress, "writing the Solidity verifier"):
             try:
-                call("create_evm_verifier", str(keys.vk), str(keys.circuit.settings), str(sol_tmp),
-                     str(abi_tmp), str(keys.srs_path), True)
+                call(
+                    "create_evm_verifier",
+                    str(keys.vk),
+                    str(keys.circuit.settings),
+                    str(sol_tmp),
+                    str(abi_tmp),
+                    str(keys.srs_path),
+                    True,
+                )
             except ProofError:
                 # EZKL writes the source, then tries to download solc to check it; we compile with solc-js.
                 if not sol_tmp.exists():

@@ -144,8 +144,12 @@ def export_onnx(program: Program) -> ExportedCircuit:
             (top, bottom), (left, right) = a["padding"]
             nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
             conv = g.op(
-                "Conv", [nchw, g.const(w, "weight")], kernel_shape=list(w.shape[2:]),
-                strides=list(a["strides"]), pads=[top, left, bottom, right], dilations=[1, 1],
+                "Conv",
+                [nchw, g.const(w, "weight")],
+                kernel_shape=list(w.shape[2:]),
+                strides=list(a["strides"]),
+                pads=[top, left, bottom, right],
+                dilations=[1, 1],
             )
             out = g.op("Transpose", [conv], perm=[0, 2, 3, 1])
         elif node.op == "bias_add":
@@ -194,15 +198,23 @@ def export_onnx(program: Program) -> ExportedCircuit:
                 n = a["window"][0] * a["window"][1]
                 ones = np.zeros((channels, channels, *a["window"]), np.float32)
                 ones[np.arange(channels), np.arange(channels)] = 1.0
-                total = g.op("Conv", [nchw, g.const(ones, "sum_kernel")], kernel_shape=list(a["window"]),
-                             strides=list(a["strides"]), pads=[0, 0, 0, 0], dilations=[1, 1])
+                total = g.op(
+                    "Conv",
+                    [nchw, g.const(ones, "sum_kernel")],
+                    kernel_shape=list(a["window"]),
+                    strides=list(a["strides"]),
+                    pads=[0, 0, 0, 0],
+                    dilations=[1, 1],
+                )
                 doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
                 shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
                 max_dividend = max(max_dividend, 2 * bound * n + n)
                 pooled = _floor_div(g, shifted, 2 * n)
             out = g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
         elif node.op in ("reshape", "flatten"):
-            shape = a["shape"] if node.op == "reshape" else (int(np.prod(program.value_shape(node.inputs[0]))),)
+            shape = (
+                a["shape"] if node.op == "reshape" else (int(np.prod(program.value_shape(node.inputs[0]))),)
+            )
             out = g.op("Reshape", [x, g.const(np.array([1, *shape]), "shape", dtype=np.int64)])
         elif node.op == "transpose":
             out = g.op("Transpose", [x], perm=[0, *[p + 1 for p in a["perm"]]])
@@ -226,4 +238,3 @@ def export_onnx(program: Program) -> ExportedCircuit:
         max_value=max(bounds.values()),
         uses_tables=uses_tables,
     )
-

@@ -7,7 +7,8 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from aivm_jax._errors import ProofError, ToolchainError
 

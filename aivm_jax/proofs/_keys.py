@@ -19,8 +19,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from aivm_jax._errors import KeysNotFoundError, ProofError, SrsError
 from aivm_jax.program import Program
@@ -165,7 +165,13 @@ def setup(
                     f"points ({error})"
                 ) from None
         with step(progress, "verifying key artifact for the EVM verifier"):
-            call("create_evm_vka", str(work / "vk.key"), str(files.settings), str(work / "vka.bin"), str(srs_path))
+            call(
+                "create_evm_vka",
+                str(work / "vk.key"),
+                str(files.settings),
+                str(work / "vka.bin"),
+                str(srs_path),
+            )
         meta = {
             "model_id": program.model_id,
             "logrows": logrows,

@@ -14,8 +14,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,12 @@ def prove(
         work = Path(tmp)
         (work / "input.json").write_text(json.dumps({"input_data": [row_input.reshape(-1).tolist()]}))
         with step(progress, "witness"):
-            call("gen_witness", str(work / "input.json"), str(keys.circuit.compiled), str(work / "witness.json"))
+            call(
+                "gen_witness",
+                str(work / "input.json"),
+                str(keys.circuit.compiled),
+                str(work / "witness.json"),
+            )
         witness = json.loads((work / "witness.json").read_text())
         if witness["outputs"][0] != [field_element(v) for v in result.outputs.reshape(-1).tolist()]:
             raise ProofError(
@@ -73,8 +79,14 @@ def prove(
             )
         start = time.perf_counter()
         with step(progress, f"proving (2^{keys.logrows} rows)"):
-            call("prove", str(work / "witness.json"), str(keys.circuit.compiled), str(keys.pk),
-                 str(work / "proof.json"), str(keys.srs_path))
+            call(
+                "prove",
+                str(work / "witness.json"),
+                str(keys.circuit.compiled),
+                str(keys.pk),
+                str(work / "proof.json"),
+                str(keys.srs_path),
+            )
         seconds = time.perf_counter() - start
         proof = json.loads((work / "proof.json").read_text())
     return {
@@ -164,7 +176,9 @@ def verify(
         proof_path = Path(tmp) / "proof.json"
         proof_path.write_text(json.dumps(document["proof"]))
         try:
-            ok = call("verify", str(proof_path), str(keys.circuit.settings), str(keys.vk), str(srs or keys.srs_path))
+            ok = call(
+                "verify", str(proof_path), str(keys.circuit.settings), str(keys.vk), str(srs or keys.srs_path)
+            )
         except ProofError as error:
             raise InvalidProofError(f"the proof does not verify: {error}") from None
     if not ok:
