@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "AivmError",
+    "ChainConnectionError",
+    "ChainError",
     "InputDTypeError",
     "InputFileError",
     "InputRangeError",
@@ -19,12 +21,15 @@ __all__ = [
     "ModelFileError",
     "ModelFileNotFoundError",
     "ModelIdMismatchError",
+    "NotDeployedError",
     "OpError",
     "ProgramError",
     "ProofError",
+    "ResultTimeoutError",
     "SrsError",
     "TamperedModelError",
     "ToolchainError",
+    "TransactionRevertedError",
     "UnknownModelError",
     "UnsupportedForProofError",
 ]
@@ -103,3 +108,28 @@ class InvalidProofError(ProofError, ValueError):
 
 class ToolchainError(ProofError, RuntimeError):
     """An external tool (Node.js, npm, solc-js) is missing or failed."""
+
+
+class ChainError(AivmError):
+    """Something on the chain side went wrong: a revert, a missing deployment, a dead node."""
+
+
+class ChainConnectionError(ChainError, ConnectionError):
+    """The JSON-RPC node does not answer; check --rpc-url and that the node is running."""
+
+
+class TransactionRevertedError(ChainError):
+    """A transaction or call reverted; the message names the contract error and its arguments."""
+
+    def __init__(self, message: str, error_name: str | None = None, error_args: tuple = ()) -> None:
+        super().__init__(message)
+        self.error_name = error_name
+        self.error_args = error_args
+
+
+class NotDeployedError(ChainError, LookupError):
+    """The AIVM contracts are not deployed on this chain (run `aivm chain deploy`)."""
+
+
+class ResultTimeoutError(ChainError, TimeoutError):
+    """A request did not finalize in the time allowed."""

@@ -38,8 +38,13 @@ __all__ = [
 SOLCJS_DIR = Path(__file__).parent / "solcjs"
 
 
-def compile_solidity(source: Path) -> dict[str, Any]:
-    """Compile ``source`` with the pinned solc-js; return ``{contract: {abi, bytecode, ...}}``."""
+def compile_solidity(
+    *sources: Path, via_ir: bool = False, optimize_runs: int = 1, base: Path | None = None
+) -> dict[str, Any]:
+    """Compile ``sources`` with the pinned solc-js; return ``{contract: {abi, bytecode, ...}}``.
+
+    Imports resolve relative to ``base`` (default: the first source's folder).
+    """
     node = shutil.which("node")
     if node is None:
         raise ToolchainError("compiling Solidity needs Node.js (20 or newer) on PATH")
@@ -47,11 +52,14 @@ def compile_solidity(source: Path) -> dict[str, Any]:
         raise ToolchainError(
             f"the pinned solc-js is not installed; run `npm ci --prefix {SOLCJS_DIR}` (scripts/_venv.sh does)"
         )
-    done = subprocess.run(
-        [node, str(SOLCJS_DIR / "compile.js"), str(source)], capture_output=True, text=True, timeout=600
-    )
+    command = [node, str(SOLCJS_DIR / "compile.js"), "--optimize-runs", str(optimize_runs)]
+    if via_ir:
+        command.append("--via-ir")
+    if base is not None:
+        command += ["--base", str(base)]
+    done = subprocess.run([*command, *map(str, sources)], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        raise ToolchainError(f"solc-js failed on {source}: {done.stderr.strip()[-2000:]}")
+        raise ToolchainError(f"solc-js failed on {[str(s) for s in sources]}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
 
 

@@ -5,7 +5,7 @@ from aivm_jax.runtime._determinism import (
     apply_determinism_flags,
     determinism_report,
 )
-from aivm_jax.runtime._hashing import output_hash, row_hashes
+from aivm_jax.runtime._hashing import input_hash, output_hash, row_hashes, row_header
 from aivm_jax.runtime._host import quantize_input, read_input_file
 from aivm_jax.runtime._infer import InferenceResult, infer
 
@@ -15,8 +15,10 @@ __all__ = [
     "apply_determinism_flags",
     "determinism_report",
     "infer",
+    "input_hash",
     "output_hash",
     "quantize_input",
     "read_input_file",
+    "row_header",
     "row_hashes",
 ]

@@ -5,7 +5,8 @@ order: len(name) u16 || name || dtype name || u8 rank || shape (u32 each) ||
 row bytes little-endian)``.
 
 ``output_hash = SHA-256("aivm-out-v1" || model_id || batch size u64 || row
-hashes in order)``. Hashes print as ``0x`` + 64 hex digits, a ``bytes32``.
+hashes in order)``. ``input_hash`` binds a request to its integer input the same
+way. Hashes print as ``0x`` + 64 hex digits, a ``bytes32``.
 A row hash depends only on the model and that row's outputs, so it is the
 same whatever batch the row was computed in.
 """
@@ -18,26 +19,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["output_hash", "row_hashes"]
+__all__ = ["input_hash", "output_hash", "row_header", "row_hashes"]
 
 
 def _id_bytes(model_id: str) -> bytes:
     return bytes.fromhex(model_id[2:])
 
 
+def row_header(name: str, dtype: str, row_shape: Sequence[int]) -> bytes:
+    """The bytes that precede one output's row data in a row hash."""
+    encoded = name.encode()
+    return (
+        struct.pack("<H", len(encoded))
+        + encoded
+        + dtype.encode()
+        + struct.pack(f"<B{len(row_shape)}I", len(row_shape), *row_shape)
+    )
+
+
 def row_hashes(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> list[str]:
     """One hash per batch row over all outputs of that row (all outputs share the batch axis)."""
     prefix = b"aivm-row-v1" + _id_bytes(model_id)
-    headers = []
-    for name, out in zip(names, outputs):
-        encoded = name.encode()
-        row_shape = out.shape[1:]
-        headers.append(
-            struct.pack("<H", len(encoded))
-            + encoded
-            + out.dtype.name.encode()
-            + struct.pack(f"<B{len(row_shape)}I", len(row_shape), *row_shape)
-        )
+    headers = [row_header(name, out.dtype.name, out.shape[1:]) for name, out in zip(names, outputs)]
     little = [np.ascontiguousarray(o, dtype=o.dtype.newbyteorder("<")) for o in outputs]
     hashes = []
     for row in range(outputs[0].shape[0]):
@@ -47,6 +50,12 @@ def row_hashes(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray
             h.update(out[row].tobytes())
         hashes.append("0x" + h.hexdigest())
     return hashes
+
+
+def input_hash(model_id: str, inputs: np.ndarray) -> str:
+    """``SHA-256("aivm-in-v1" || model_id || inputs, C order, little-endian)``: what a request commits to."""
+    data = np.ascontiguousarray(inputs, dtype=inputs.dtype.newbyteorder("<")).tobytes()
+    return "0x" + hashlib.sha256(b"aivm-in-v1" + _id_bytes(model_id) + data).hexdigest()
 
 
 def output_hash(model_id: str, rows: Sequence[str]) -> str:

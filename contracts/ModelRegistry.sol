@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @title ModelRegistry: the AIVM's on-chain model repository.
+/// @notice A model id is the SHA-256 of an AIVM program file (`aivm info` prints it). Once
+/// registered, an id's owner, URI and metadata can never change; new versions are new ids
+/// that link to their parent, and only the parent's owner may add them. The owner may set
+/// the proof verifier (an EZKL reusable verifier and the model's VKA digest).
+contract ModelRegistry {
+    struct Model {
+        address owner;
+        bytes32 parent; // zero for a first version
+        uint32 opset;
+        uint64 registeredAt;
+        string uri; // where to fetch the program file
+        string metadata; // JSON: name, fidelity, ...
+        uint32 inputSize; // elements of one input row
+        uint32 outputSize; // elements of one output row (the zk path needs int8 outputs)
+        bytes outputHeader; // row-hash header of the program's output (see aivm_jax.runtime._hashing)
+        address verifier; // zero until the owner sets one
+        bytes32 vkaDigest; // keccak256 of the model's VKA, registered in `verifier`
+    }
+
+    /// What the zk path needs to recompute input and output hashes from a proof's instances.
+    struct Shape {
+        uint32 inputSize;
+        uint32 outputSize;
+        bytes outputHeader;
+    }
+
+    mapping(bytes32 => Model) private models;
+    mapping(bytes32 => bytes32[]) private children;
+
+    event ModelRegistered(
+        bytes32 indexed modelId, address indexed owner, bytes32 indexed parent, string uri, uint32 opset, string metadata
+    );
+    event VerifierSet(bytes32 indexed modelId, address verifier, bytes32 vkaDigest);
+
+    error ZeroModelId();
+    error AlreadyRegistered(bytes32 modelId);
+    error UnknownModel(bytes32 modelId);
+    error NotOwner(bytes32 modelId, address caller);
+
+    function register(
+        bytes32 modelId,
+        string calldata uri,
+        uint32 opset,
+        string calldata metadata,
+        Shape calldata shape
+    ) external {
+        _register(modelId, bytes32(0), uri, opset, metadata, shape);
+    }
+
+    function registerVersion(
+        bytes32 parent,
+        bytes32 modelId,
+        string calldata uri,
+        uint32 opset,
+        string calldata metadata,
+        Shape calldata shape
+    ) external {
+        Model storage p = models[parent];
+        if (p.owner == address(0)) revert UnknownModel(parent);
+        if (p.owner != msg.sender) revert NotOwner(parent, msg.sender);
+        _register(modelId, parent, uri, opset, metadata, shape);
+        children[parent].push(modelId);
+    }
+
+    function setVerifier(bytes32 modelId, address verifier, bytes32 vkaDigest) external {
+        Model storage m = models[modelId];
+        if (m.owner == address(0)) revert UnknownModel(modelId);
+        if (m.owner != msg.sender) revert NotOwner(modelId, msg.sender);
+        m.verifier = verifier;
+        m.vkaDigest = vkaDigest;
+        emit VerifierSet(modelId, verifier, vkaDigest);
+    }
+
+    function _register(
+        bytes32 modelId,
+        bytes32 parent,
+        string calldata uri,
+        uint32 opset,
+        string calldata metadata,
+        Shape calldata shape
+    ) private {
+        if (modelId == bytes32(0)) revert ZeroModelId();
+        if (models[modelId].owner != address(0)) revert AlreadyRegistered(modelId);
+        models[modelId] = Model({
+            owner: msg.sender,
+            parent: parent,
+            opset: opset,
+            registeredAt: uint64(block.timestamp),
+            uri: uri,
+            metadata: metadata,
+            inputSize: shape.inputSize,
+            outputSize: shape.outputSize,
+            outputHeader: shape.outputHeader,
+            verifier: address(0),
+            vkaDigest: bytes32(0)
+        });
+        emit ModelRegistered(modelId, msg.sender, parent, uri, opset, metadata);
+    }
+
+    function isRegistered(bytes32 modelId) external view returns (bool) {
+        return models[modelId].owner != address(0);
+    }
+
+    function getModel(bytes32 modelId) external view returns (Model memory) {
+        if (models[modelId].owner == address(0)) revert UnknownModel(modelId);
+        return models[modelId];
+    }
+
+    function versionsOf(bytes32 modelId) external view returns (bytes32[] memory) {
+        return children[modelId];
+    }
+}
