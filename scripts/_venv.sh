@@ -16,14 +16,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -c "import aivm_jax" # fails loudly if the install did not work
   echo "$want" > "$stamp"
 fi
-# The pinned solc-js that compiles Solidity verifiers and contracts (needs Node.js and npm).
-solcjs=aivm_jax/proofs/solcjs
-if [ ! -d "$solcjs/node_modules/solc" ] || [ "$solcjs/package-lock.json" -nt "$solcjs/node_modules/.package-lock.json" ]; then
-  if command -v npm >/dev/null; then
-    echo "installing the pinned solc-js into $solcjs/node_modules" >&2
-    npm ci --prefix "$solcjs" --no-audit --no-fund --loglevel=error >&2
-  else
-    echo "warning: npm not found; Solidity compilation (aivm prove verifier) will not work" >&2
+# The pinned solc-js that compiles Solidity verifiers and contracts (needs Node.js and npm),
+# And the pinned Hardhat 2 node of `aivm chain devnet` and the end-to-end chain tests.
+for tool in aivm_jax/proofs/solcjs aivm_jax/chain/devnet; do
+  if [ ! -f "$tool/node_modules/.package-lock.json" ] || [ "$tool/package-lock.json" -nt "$tool/node_modules/.package-lock.json" ]; then
+    if command -v npm >/dev/null; then
+      echo "installing the pinned npm packages of $tool" >&2
+      npm ci --prefix "$tool" --no-audit --no-fund --loglevel=error >&2
+    else
+      echo "warning: npm not found; $tool will not work (Solidity compilation, devnet)" >&2
+    fi
   fi
-fi
+done
 export PATH="$PWD/.venv/bin:$PATH"

@@ -83,7 +83,7 @@ class Chain:
 
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
         try:
-            w3.eth.chain_id
+            _ = w3.eth.chain_id
         except Exception as error:  # noqa: BLE001 - any transport failure means the same to the user
             raise ChainConnectionError(
                 f"no JSON-RPC node answers at {url} ({type(error).__name__}); is it running?"

@@ -320,3 +320,220 @@ def verify(proof: Path, srs: Path | None, cache_dir: Path | None, as_json: bool)
         as_json,
         f"VALID proof\nmodel id     {checked.model_id}\noutput hash  {checked.output_hash}\noutputs      {data['outputs'][0]}{warning}",
     )
+
+
+# --------------------------------------------------------------------------- chain
+
+rpc_url_option = click.option(
+    "--rpc-url",
+    default="http://127.0.0.1:8545",
+    show_default=True,
+    envvar="AIVM_RPC_URL",
+    help="JSON-RPC endpoint of the chain.",
+)
+key_option = click.option(
+    "--key",
+    envvar="AIVM_KEY",
+    default=None,
+    help="Hex private key that signs (default: the node's first unlocked account).",
+)
+deployments_option = click.option(
+    "--deployments",
+    type=click.Path(path_type=Path),
+    envvar="AIVM_DEPLOYMENTS",
+    default=None,
+    help="File recording contract addresses per chain id (default ~/.cache/aivm/deployments.json).",
+)
+
+
+def _network(rpc_url: str, key: str | None, deployments: Path | None):
+    from aivm_jax.chain import Chain, Network
+
+    return Network.load(Chain.connect(rpc_url, key), deployments)
+
+
+@main.group(cls=_AivmGroup)
+def chain() -> None:
+    """The AIVM contracts: a local development chain and deployment."""
+
+
+@chain.command("devnet")
+@click.option("--port", default=8545, show_default=True, help="Port on 127.0.0.1.")
+def chain_devnet(port: int) -> None:
+    """Run a local Hardhat node (funded dev accounts) on 127.0.0.1 until Ctrl-C."""
+    import subprocess
+
+    from aivm_jax.chain._devnet import DEVNET_DIR, devnet_command
+
+    command = devnet_command(port)
+    click.echo(f"starting {' '.join(command[-5:])} in {DEVNET_DIR}; Ctrl-C stops it", err=True)
+    import os
+
+    env = {**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"}
+    process = subprocess.Popen(command, cwd=DEVNET_DIR, env=env)
+    try:
+        sys.exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        click.echo("devnet stopped", err=True)
+
+
+@chain.command("deploy")
+@rpc_url_option
+@key_option
+@deployments_option
+@click.option(
+    "--bond", default=10**16, show_default=True, help="Wei locked per commitment and slashed on a fault."
+)
+@json_option
+def chain_deploy(rpc_url: str, key: str | None, deployments: Path | None, bond: int, as_json: bool) -> None:
+    """Deploy the registry and market and record their addresses for this chain id."""
+    from aivm_jax.chain import Chain, Network
+
+    chain_ = Chain.connect(rpc_url, key)
+    network = Network.deploy(chain_, bond=bond)
+    path = network.save(deployments)
+    data = {
+        "chain_id": chain_.chain_id,
+        "ModelRegistry": network.registry_address,
+        "InferenceMarket": network.market_address,
+        "bond": bond,
+        "recorded_in": str(path),
+    }
+    _emit(data, as_json, "\n".join(f"{k:16s} {v}" for k, v in data.items()))
+
+
+@main.command()
+@program_argument
+@click.option(
+    "--uri", required=True, help="Where nodes fetch the program from (path, file:// or http(s)://)."
+)
+@click.option("--parent", default=None, help="Model id this is a new version of (you must own it).")
+@rpc_url_option
+@key_option
+@deployments_option
+@json_option
+def register(
+    file: Path,
+    uri: str,
+    parent: str | None,
+    rpc_url: str,
+    key: str | None,
+    deployments: Path | None,
+    as_json: bool,
+) -> None:
+    """Register a program's model id on chain with the URI to fetch it from."""
+    network = _network(rpc_url, key, deployments)
+    model_id = network.register(aivm_jax.load(file), uri, parent=parent)
+    _emit(
+        {"model_id": model_id, "uri": uri, "owner": network.chain.address}, as_json, f"registered {model_id}"
+    )
+
+
+@main.command()
+@click.argument("model_id")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Integer inputs (.npy or .json).",
+)
+@click.option("--fee", default=10**15, show_default=True, help="Fee in wei, shared by the agreeing nodes.")
+@click.option("--quorum", default=2, show_default=True, help="Identical reveals needed to finalize.")
+@click.option("--commit-window", default=30, show_default=True, help="Seconds for commitments.")
+@click.option("--reveal-window", default=30, show_default=True, help="Seconds for reveals after that.")
+@click.option("--wait", is_flag=True, help="Wait until the request finalizes and print the result.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
+@rpc_url_option
+@key_option
+@deployments_option
+@json_option
+def request(
+    model_id: str,
+    input_path: Path,
+    fee: int,
+    quorum: int,
+    commit_window: int,
+    reveal_window: int,
+    wait: bool,
+    timeout: float,
+    rpc_url: str,
+    key: str | None,
+    deployments: Path | None,
+    as_json: bool,
+) -> None:
+    """Request inference of a registered model; the input travels inline with its hash."""
+    from aivm_jax.runtime import read_input_file
+
+    network = _network(rpc_url, key, deployments)
+    request_id = network.request(
+        model_id,
+        read_input_file(input_path),
+        fee=fee,
+        quorum=quorum,
+        commit_window=commit_window,
+        reveal_window=reveal_window,
+    )
+    data = network.wait_for_result(request_id, timeout) if wait else network.request_info(request_id)
+    _emit(_jsonable_request(data), as_json, _describe_request(data))
+
+
+@main.command()
+@click.argument("request_id", type=int)
+@rpc_url_option
+@deployments_option
+@json_option
+def result(request_id: int, rpc_url: str, deployments: Path | None, as_json: bool) -> None:
+    """Show a request's status and, once finalized, its agreed output hash."""
+    data = _network(rpc_url, None, deployments).request_info(request_id)
+    _emit(_jsonable_request(data), as_json, _describe_request(data))
+
+
+def _jsonable_request(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if not isinstance(v, bytes) else "0x" + v.hex()) for k, v in info.items()}
+
+
+def _describe_request(info: dict[str, Any]) -> str:
+    lines = [f"request {info['request_id']}: {info['status']}", f"model id     {info['model_id']}"]
+    if info["status"] == "finalized":
+        how = (
+            "a verified proof" if info["by_proof"] else f"{info['reveals']} reveals, quorum {info['quorum']}"
+        )
+        lines.append(f"output hash  {info['output_hash']} ({how})")
+    else:
+        lines.append(f"commits {info['commits']}, reveals {info['reveals']}, quorum {info['quorum']}")
+    return "\n".join(lines)
+
+
+@main.command()
+@rpc_url_option
+@key_option
+@deployments_option
+@click.option(
+    "--models",
+    "models_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for fetched programs and the node's state.",
+)
+@click.option("--poll", default=0.5, show_default=True, help="Seconds between polls.")
+@click.option("--faulty", is_flag=True, hidden=True, help="Report wrong output hashes (tests of slashing).")
+def node(
+    rpc_url: str, key: str | None, deployments: Path | None, models_dir: Path, poll: float, faulty: bool
+) -> None:
+    """Run an AIVM node: stake, watch requests, infer, commit and reveal; resumes after a restart."""
+    import logging
+
+    from aivm_jax.chain import Node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    daemon = Node(_network(rpc_url, key, deployments), models_dir, faulty=faulty)
+    try:
+        daemon.run(poll=poll)
+    except KeyboardInterrupt:
+        click.echo("node stopped; its state is saved", err=True)
