@@ -247,12 +247,11 @@ contract InferenceMarket {
         if (m.verifier == address(0)) revert NoVerifier(r.modelId);
         if (keccak256(abi.encodePacked(vka)) != m.vkaDigest) revert WrongVka(r.modelId);
         if (instances.length != uint256(m.inputSize) + m.outputSize) revert InvalidProof(requestId);
-        bool ok;
-        try IReusableVerifier(m.verifier).verifyProof(proof, instances, vka) returns (bool success, bytes32, int256[] memory) {
-            ok = success;
-        } catch {
-            ok = false;
-        }
+        // A low-level call: the verifier returns its result from assembly, and only the first
+        // word (success) is read; decoding the rest could revert this contract instead.
+        (bool called, bytes memory ret) =
+            m.verifier.call(abi.encodeCall(IReusableVerifier.verifyProof, (proof, instances, vka)));
+        bool ok = called && ret.length >= 32 && abi.decode(ret, (uint256)) == 1;
         if (!ok) revert InvalidProof(requestId);
         bytes memory inputRow = _int8Bytes(instances, 0, m.inputSize, requestId);
         if (sha256(abi.encodePacked("aivm-in-v1", r.modelId, inputRow)) != r.inputHash) revert InputMismatch(requestId);

@@ -1,14 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end: build a zoo model, inspect it, run inference, print the result.
+# The main job, end to end on the embedded chain: build a zoo model, register it, three nodes
+# answer a request with commit-reveal, consensus finalizes, and a proof-backed result follows.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
-mkdir -p out
-aivm zoo build digits-cnn -o out/digits-cnn.aivm
-aivm info out/digits-cnn.aivm
-python - <<'PY'
-import numpy as np
-from aivm_jax.models import load_digits_data
-data = load_digits_data()
-np.save("out/digits-test.npy", data.x_test[:8].reshape(-1, 8, 8, 1))
-print("true labels of out/digits-test.npy:", data.y_test[:8].tolist())
-PY
-aivm infer out/digits-cnn.aivm --input out/digits-test.npy
+aivm demo --out out "$@"

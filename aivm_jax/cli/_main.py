@@ -537,3 +537,34 @@ def node(
         daemon.run(poll=poll)
     except KeyboardInterrupt:
         click.echo("node stopped; its state is saved", err=True)
+
+
+@main.command()
+@click.option("--model", default="digits-mlp", show_default=True, help="Zoo model to run the network with.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="out",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Working directory.",
+)
+@click.option(
+    "--proof/--no-proof",
+    "with_proof",
+    default=True,
+    show_default=True,
+    help="Also settle a request by a zk proof.",
+)
+@cache_dir_option
+@json_option
+def demo(model: str, out_dir: Path, with_proof: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """The main job: build a model, register it, three nodes agree on chain, print the result."""
+    from aivm_jax.chain._demo import run_network_demo
+
+    summary = run_network_demo(
+        out_dir, model=model, with_proof=with_proof, cache_dir=cache_dir, progress=_progress
+    )
+    _emit(
+        summary, as_json, "done: " + ("the network agreed" if summary["matches_local_infer"] else "MISMATCH")
+    )

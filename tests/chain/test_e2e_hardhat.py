@@ -1,0 +1,152 @@
+"""End to end on a real JSON-RPC node: Hardhat, 3 honest node processes and 1 faulty one.
+
+The test starts Hardhat on 127.0.0.1, deploys and registers through the CLI,
+runs `aivm node` processes, submits requests, and checks that every request
+finalizes with the honest result and the faulty node is slashed; then it kills
+an honest node right after it committed, restarts it, and checks that its
+reveal is not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aivm_jax
+from aivm_jax.chain import Chain, Network
+from aivm_jax.chain._devnet import DEVNET_DIR, devnet_command
+from aivm_jax.conformance import DATA_DIR
+
+pytestmark = pytest.mark.slow
+MLP = DATA_DIR / "digits-mlp.aivm"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hardhat(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("hardhat") / "node.log"
+    env = {**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(devnet_command(port), cwd=DEVNET_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while "Private Key" not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "hardhat did not start"
+        time.sleep(0.5)
+    time.sleep(1)
+    keys = re.findall(r"Private Key: (0x[0-9a-f]{64})", log.read_text())
+    yield {"url": url, "keys": keys}
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _aivm(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aivm_jax.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _start_node(hardhat, key, models: Path, deployments: Path, faulty=False) -> subprocess.Popen:
+    args = [sys.executable, "-m", "aivm_jax.cli", "node", "--rpc-url", hardhat["url"], "--key", key,
+            "--models", str(models), "--deployments", str(deployments), "--poll", "0.3"]
+    if faulty:
+        args.append("--faulty")
+    log = open(models / "node.log", "a")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_network_of_processes_on_hardhat(hardhat, tmp_path):
+    deployments = tmp_path / "deployments.json"
+    keys = hardhat["keys"]
+    deployed = _aivm("chain", "deploy", "--rpc-url", hardhat["url"], "--key", keys[0], "--deployments", deployments, "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    registered = _aivm("register", MLP, "--uri", f"file://{MLP}", "--rpc-url", hardhat["url"], "--key", keys[0],
+                       "--deployments", deployments, "--json")
+    assert registered.returncode == 0, registered.stderr
+    program = aivm_jax.load(MLP)
+    assert json.loads(registered.stdout)["model_id"] == program.model_id
+
+    network = Network.load(Chain.connect(hardhat["url"], keys[0]), deployments)
+    bond = network.bond()
+    dirs = [tmp_path / f"node{i}" for i in range(4)]
+    for d in dirs:
+        d.mkdir()
+    node_keys = keys[1:5]
+    addresses = [Chain.connect(hardhat["url"], k).address for k in node_keys]
+    procs = [_start_node(hardhat, k, d, deployments, faulty=(i == 3)) for i, (k, d) in enumerate(zip(node_keys, dirs))]
+    try:
+        _wait(lambda: all(network.free_stake(a) >= bond for a in addresses), 120, "nodes to stake")
+        stakes = [int(network.market.functions.stakeOf(a).call()) for a in addresses]
+
+        # two requests, through the library and through the CLI
+        x = np.load(DATA_DIR / "digits-mlp.inputs.npy")
+        first = network.request(program.model_id, x[:4], quorum=2, commit_window=20, reveal_window=20)
+        np.save(tmp_path / "x.npy", x[4:9])
+        cli = _aivm("request", program.model_id, "--input", tmp_path / "x.npy", "--quorum", "2", "--commit-window", "20",
+                    "--reveal-window", "20", "--wait", "--timeout", "180", "--rpc-url", hardhat["url"], "--key", keys[0],
+                    "--deployments", deployments, "--json")
+        assert cli.returncode == 0, cli.stderr
+        second = json.loads(cli.stdout)
+        assert second["status"] == "finalized"
+        assert second["output_hash"] == aivm_jax.infer(program, x[4:9]).output_hash
+        info = network.wait_for_result(first, timeout=120)
+        assert info["status"] == "finalized" and info["output_hash"] == aivm_jax.infer(program, x[:4]).output_hash
+        assert info["reveals"] == 4  # the faulty node revealed too, and lost
+
+        after = [int(network.market.functions.stakeOf(a).call()) for a in addresses]
+        assert after[:3] == stakes[:3]
+        assert after[3] == stakes[3] - 2 * bond  # slashed once per request
+
+        # crash an honest node right after it commits, restart it, and lose nothing
+        third = network.request(program.model_id, x[9:12], quorum=3, commit_window=20, reveal_window=60)
+        state = dirs[0] / f"node-{addresses[0]}.json"
+
+        def committed():
+            task = json.loads(state.read_text())["tasks"].get(str(third), {})
+            return task.get("phase") == "committed"
+
+        _wait(committed, 60, "node 0 to commit")
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        procs[0] = _start_node(hardhat, node_keys[0], dirs[0], deployments)
+        info = network.wait_for_result(third, timeout=150)
+        assert info["status"] == "finalized", info
+        assert info["output_hash"] == aivm_jax.infer(program, x[9:12]).output_hash
+        revealed = network.market.functions.revealed(third, addresses[0]).call()
+        assert "0x" + revealed.hex() == info["output_hash"]  # the restarted node revealed its commitment
+        _wait(lambda: json.loads(state.read_text())["tasks"][str(third)]["phase"] == "done", 60, "node 0 to finish")
+        assert int(network.market.functions.stakeOf(addresses[0]).call()) == stakes[0]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
