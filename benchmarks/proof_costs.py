@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 SRS_DIR = Path(tempfile.gettempdir()) / "aivm-bench-srs"
+MAX_DEFAULT_LOGROWS = 20  # keeps EZKL's own calibration within this machine's memory
 
 
 def _float_onnx(layers, params, input_shape) -> bytes:
@@ -265,12 +266,25 @@ def _ezkl_default(name: str, examples: int, queue) -> None:
     )
 
 
-def _in_process(target, *args) -> dict:
+def _in_process(target, *args) -> dict | None:
+    """Run one pipeline in its own process; None if it died (out of memory, say)."""
+    import queue as queue_module
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     process = ctx.Process(target=target, args=(*args, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():
+                print(
+                    f"  {target.__name__} {args[0]}: the process died with exit code {process.exitcode}",
+                    flush=True,
+                )
+                return None
     process.join()
     return result
 
@@ -278,6 +292,7 @@ def _in_process(target, *args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=60)
+    parser.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn"])
     args = parser.parse_args()
     header = (
         f"{'model':11s} {'pipeline':12s} {'logrows':>7s} {'setup s':>8s} {'prove s':>8s} {'peak MB':>8s} "
@@ -285,7 +300,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for name in ("digits-mlp", "digits-cnn"):
+    for name in args.models:
         rows = {
             "aivm": _in_process(_aivm, name, args.examples),
             "ezkl default": _in_process(_ezkl_default, name, args.examples),

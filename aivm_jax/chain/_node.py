@@ -112,7 +112,9 @@ class Node:
             try:
                 self._advance(int(request_id), task)
             except TransactionRevertedError as error:
-                log.warning("%s request %s: %s", self.address, request_id, error)
+                # a block clock a second behind the wall clock makes these transient; retried next round
+                level = logging.DEBUG if error.error_name in ("RevealNotOpen", "TooEarly") else logging.WARNING
+                log.log(level, "%s request %s: %s", self.address, request_id, error)
             except AivmError as error:
                 log.error("%s request %s: refused: %s", self.address, request_id, error)
                 self._set(task, phase="refused", reason=str(error))
