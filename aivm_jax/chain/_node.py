@@ -113,7 +113,9 @@ class Node:
                 self._advance(int(request_id), task)
             except TransactionRevertedError as error:
                 # a block clock a second behind the wall clock makes these transient; retried next round
-                level = logging.DEBUG if error.error_name in ("RevealNotOpen", "TooEarly") else logging.WARNING
+                level = (
+                    logging.DEBUG if error.error_name in ("RevealNotOpen", "TooEarly") else logging.WARNING
+                )
                 log.log(level, "%s request %s: %s", self.address, request_id, error)
             except AivmError as error:
                 log.error("%s request %s: refused: %s", self.address, request_id, error)

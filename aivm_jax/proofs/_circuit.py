@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from aivm_jax.program import Program
 from aivm_jax.proofs._export import DIV_BITS, export_onnx
 from aivm_jax.proofs._ezkl import call, ezkl
@@ -67,15 +69,40 @@ def circuit_run_args(program: Program) -> tuple[bytes, dict[str, object]]:
     return exported.onnx_bytes, args
 
 
+MIN_LOGROWS = DIV_BITS + 2  # a division's range-check table (2**DIV_BITS rows) must fit one column
+MAX_LOGROWS = 22
+
+
 def build_circuit(program: Program, directory: Path) -> CircuitFiles:
-    """Write ``model.onnx``, ``settings.json`` and ``circuit.ezkl`` for ``program`` into ``directory``."""
+    """Write ``model.onnx``, ``settings.json`` and ``circuit.ezkl`` for ``program`` into ``directory``.
+
+    The circuit gets the smallest ``logrows`` (from ``MIN_LOGROWS``) at which
+    EZKL's ``mock`` prover accepts a witness: proving time and key size grow
+    with ``2**logrows``, and EZKL's own default (17) is often far too big.
+    """
+    from aivm_jax._errors import ProofError
+
     files = CircuitFiles(Path(directory))
     files.directory.mkdir(parents=True, exist_ok=True)
     onnx_bytes, args = circuit_run_args(program)
     files.onnx.write_bytes(onnx_bytes)
-    run_args = ezkl().PyRunArgs()
-    for key, value in args.items():
-        setattr(run_args, key, value)
-    call("gen_settings", str(files.onnx), str(files.settings), py_run_args=run_args)
-    call("compile_circuit", str(files.onnx), str(files.compiled), str(files.settings))
+    probe = files.directory / "probe-input.json"
+    zeros = [0] * int(np.prod(program.inputs[0].shape))
+    probe.write_text(json.dumps({"input_data": [zeros]}))
+    for logrows in range(MIN_LOGROWS, MAX_LOGROWS + 1):
+        run_args = ezkl().PyRunArgs()
+        for key, value in {**args, "logrows": logrows}.items():
+            setattr(run_args, key, value)
+        call("gen_settings", str(files.onnx), str(files.settings), py_run_args=run_args)
+        call("compile_circuit", str(files.onnx), str(files.compiled), str(files.settings))
+        try:
+            call("gen_witness", str(probe), str(files.compiled), str(files.directory / "probe-witness.json"))
+            if call("mock", str(files.directory / "probe-witness.json"), str(files.compiled)):
+                break
+        except ProofError:
+            continue
+    else:
+        raise ProofError(f"the circuit does not fit in 2^{MAX_LOGROWS} rows")
+    probe.unlink()
+    (files.directory / "probe-witness.json").unlink()
     return files

@@ -38,7 +38,7 @@ from aivm_jax.proofs._bounds import program_bounds
 
 __all__ = ["ExportedCircuit", "export_onnx"]
 
-DIV_BITS = 15
+DIV_BITS = 13
 
 
 @dataclasses.dataclass(frozen=True)
