@@ -38,6 +38,15 @@ def _progress(message: str) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def input_option(help_text: str):
+    """``--input X.npy|X.json``, read by `aivm_jax.runtime.read_input_file`."""
+    return click.option(
+        "--input", "input_path", required=True, type=click.Path(path_type=Path), help=help_text
+    )
+
+
 program_argument = click.argument("file", type=click.Path(path_type=Path))
 
 
@@ -89,13 +98,7 @@ def info(file: Path, as_json: bool) -> None:
 
 @main.command()
 @program_argument
-@click.option(
-    "--input",
-    "input_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Integer inputs with a leading batch axis: .npy or .json.",
-)
+@input_option("Integer inputs with a leading batch axis: .npy or .json.")
 @click.option(
     "--devices",
     type=click.Choice(["default", "all"]),
@@ -235,13 +238,7 @@ def prove_setup(file: Path, srs: Path | None, dev_srs: bool, cache_dir: Path | N
 
 @prove.command("run", hidden=True)
 @program_argument
-@click.option(
-    "--input",
-    "input_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="One input row (.npy or .json).",
-)
+@input_option("One input row (.npy or .json).")
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the proof file."
 )
@@ -436,13 +433,7 @@ def register(
 
 @main.command()
 @click.argument("model_id")
-@click.option(
-    "--input",
-    "input_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Integer inputs (.npy or .json).",
-)
+@input_option("Integer inputs (.npy or .json).")
 @click.option("--fee", default=10**15, show_default=True, help="Fee in wei, shared by the agreeing nodes.")
 @click.option("--quorum", default=2, show_default=True, help="Identical reveals needed to finalize.")
 @click.option("--commit-window", default=30, show_default=True, help="Seconds for commitments.")
