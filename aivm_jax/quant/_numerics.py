@@ -15,32 +15,42 @@ import numpy as np
 
 from aivm_jax._errors import ProgramError
 
-__all__ = ["quantize_bias", "quantize_multiplier", "quantize_weights"]
+__all__ = ["MULTIPLIER_BITS", "quantize_bias", "quantize_multiplier", "quantize_weights"]
 
 
-def quantize_multiplier(real: float) -> tuple[int, int]:
+MULTIPLIER_BITS = 15
+"""Significant bits of a requantize multiplier. 15 bits leave a relative error of at
+most 2**-16, far below an int8 output step, and keep ``|x * M|`` under 2**35 for the
+int32 accumulators of these models, which keeps proof circuits small."""
+
+
+def quantize_multiplier(real: float, bits: int = MULTIPLIER_BITS) -> tuple[int, int]:
     """Return ``(M, s)`` with ``M / 2**s`` the closest such value to ``real``.
 
-    ``M`` lies in ``[2**30, 2**31)`` (31 significant bits) unless ``real`` is
-    so small that ``s`` would pass 62, in which case ``M`` shrinks instead.
-    ``real`` must lie in ``(0, 2**31)``.
+    ``M`` lies in ``[2**(bits-1), 2**bits)`` unless ``real`` is so small that
+    ``s`` would pass 62, in which case ``M`` shrinks instead. ``real`` must lie
+    in ``(0, 2**31)`` and ``bits`` in ``[2, 31]``.
 
     >>> quantize_multiplier(0.5)
-    (1073741824, 31)
+    (16384, 15)
     >>> quantize_multiplier(3.0)
-    (1610612736, 29)
+    (24576, 13)
     """
     if not 0.0 < real < 2.0**31 or not math.isfinite(real):
         raise ProgramError(f"rescale factor {real!r} is outside (0, 2**31); check the scales")
+    if not 2 <= bits <= 31:
+        raise ProgramError(f"multiplier bits must lie in [2, 31], got {bits}")
     mantissa, exponent = math.frexp(real)  # real = mantissa * 2**exponent, mantissa in [0.5, 1)
-    multiplier = round(mantissa * 2**31)
-    if multiplier == 2**31:
+    multiplier = round(mantissa * 2**bits)
+    if multiplier == 2**bits:
         multiplier //= 2
         exponent += 1
-    shift = 31 - exponent
+    shift = bits - exponent
     if shift > 62:
         multiplier = round(multiplier / 2 ** (shift - 62))
         shift = 62
+    if shift < 0:
+        raise ProgramError(f"rescale factor {real!r} needs a negative shift; use more multiplier bits")
     return int(multiplier), int(shift)
 
 

@@ -11,13 +11,13 @@ from aivm_jax import ProgramError
 from aivm_jax.quant import quantize_bias, quantize_multiplier, quantize_weights
 
 
-@given(st.floats(min_value=1e-12, max_value=2.0**30, allow_nan=False))
-def test_multiplier_is_close_and_in_range(real):
-    m, s = quantize_multiplier(real)
-    assert 0 <= s <= 62 and 0 < m < 2**31
+@given(st.floats(min_value=1e-12, max_value=2.0**14, allow_nan=False), st.sampled_from([15, 31]))
+def test_multiplier_is_close_and_in_range(real, bits):
+    m, s = quantize_multiplier(real, bits)
+    assert 0 <= s <= 62 and 0 < m < 2**bits
     if s < 62:
-        assert 2**30 <= m
-        assert abs(m / 2**s - real) <= real * 2.0**-30
+        assert 2 ** (bits - 1) <= m
+        assert abs(m / 2**s - real) <= real * 2.0**-bits
     else:
         assert abs(m / 2**s - real) <= 2.0**-62
 
