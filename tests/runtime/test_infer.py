@@ -84,6 +84,9 @@ def test_no_float_on_the_inference_path(shipped_program, fixed_inputs):
 
 
 def test_compiles_once_per_input_shape(shipped_program, fixed_inputs):
+    from aivm_jax.runtime._infer import _compiled
+
+    _compiled.pop(shipped_program.model_id, None)  # start from an empty cache for this program
     entry = _compiled_for(shipped_program)
     aivm_jax.infer(shipped_program, fixed_inputs)
     before = entry.fn._cache_size()
