@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +39,31 @@ class CircuitFiles:
         return int(json.loads(self.settings.read_text())["run_args"]["logrows"])
 
 
+def _digits(base: int, bound: int) -> int:
+    """Digits in ``base`` that represent every ``|v| <= bound`` (the smallest L with base**L > bound)."""
+    digits, reach = 1, base
+    while reach <= bound:
+        digits, reach = digits + 1, reach * base
+    return digits
+
+
 def circuit_run_args(program: Program) -> tuple[bytes, dict[str, object]]:
     """ONNX bytes and EZKL run arguments, all derived from the program's integer bounds.
 
     * scales 0: every tensor holds integers, represented exactly;
     * visibility: input and output public (they are the proof's claim), weights
       fixed (baked into the circuit, so the verifying key binds them);
-    * ``decomp_legs``: digits enough for the largest dividend of a ``Div`` (in
-      base ``2**DIV_BITS``) and the largest value compared (base ``2**14``);
+    * ``decomp_legs``: digits enough for every ``Div``'s dividend in base its
+      divisor (EZKL range-checks the remainder that way) and for the largest
+      value compared (base ``2**14``);
     * ``lookup_range``: the range of table indices (0..255) when the program
       uses ``table``, else the int8 range.
     """
     exported = export_onnx(program)
     legs = max(
         2,
-        math.ceil((exported.max_dividend.bit_length() + 1) / DIV_BITS),
-        math.ceil((exported.max_value.bit_length() + 1) / DECOMP_BASE_BITS),
+        *(_digits(divisor, bound) for divisor, bound in exported.divisions),
+        _digits(2**DECOMP_BASE_BITS, exported.max_value),
     )
     args = {
         "input_scale": 0,
@@ -69,6 +77,37 @@ def circuit_run_args(program: Program) -> tuple[bytes, dict[str, object]]:
     return exported.onnx_bytes, args
 
 
+def _probe_inputs(program: Program) -> list[np.ndarray]:
+    spec = program.inputs[0]
+    info = np.iinfo(spec.dtype)
+    size = int(np.prod(spec.shape))
+    rng = np.random.default_rng(0)
+    alternating = np.where(np.arange(size) % 2 == 0, info.min, info.max)
+    return [
+        np.full(size, info.min),
+        np.full(size, info.max),
+        alternating,
+        alternating[::-1].copy(),
+        rng.integers(info.min, info.max, size, endpoint=True),
+    ]
+
+
+def _mock_accepts(files: CircuitFiles, row: np.ndarray) -> bool:
+    from aivm_jax._errors import ProofError
+
+    probe = files.directory / "probe-input.json"
+    witness = files.directory / "probe-witness.json"
+    probe.write_text(json.dumps({"input_data": [row.astype(np.int64).tolist()]}))
+    try:
+        call("gen_witness", str(probe), str(files.compiled), str(witness))
+        return bool(call("mock", str(witness), str(files.compiled)))
+    except ProofError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+        witness.unlink(missing_ok=True)
+
+
 MIN_LOGROWS = DIV_BITS + 2  # a division's range-check table (2**DIV_BITS rows) must fit one column
 MAX_LOGROWS = 22
 
@@ -77,8 +116,11 @@ def build_circuit(program: Program, directory: Path) -> CircuitFiles:
     """Write ``model.onnx``, ``settings.json`` and ``circuit.ezkl`` for ``program`` into ``directory``.
 
     The circuit gets the smallest ``logrows`` (from ``MIN_LOGROWS``) at which
-    EZKL's ``mock`` prover accepts a witness: proving time and key size grow
-    with ``2**logrows``, and EZKL's own default (17) is often far too big.
+    EZKL's ``mock`` prover accepts witnesses of extreme inputs (all minimum,
+    all maximum, alternating, random over the whole range): proving time and
+    key size grow with ``2**logrows``, and EZKL's own default (17) is often far
+    too big. (At too small a size EZKL narrows its range checks, and large
+    values stop fitting; the extreme inputs make them appear.)
     """
     from aivm_jax._errors import ProofError
 
@@ -86,23 +128,15 @@ def build_circuit(program: Program, directory: Path) -> CircuitFiles:
     files.directory.mkdir(parents=True, exist_ok=True)
     onnx_bytes, args = circuit_run_args(program)
     files.onnx.write_bytes(onnx_bytes)
-    probe = files.directory / "probe-input.json"
-    zeros = [0] * int(np.prod(program.inputs[0].shape))
-    probe.write_text(json.dumps({"input_data": [zeros]}))
+    probes = _probe_inputs(program)
     for logrows in range(MIN_LOGROWS, MAX_LOGROWS + 1):
         run_args = ezkl().PyRunArgs()
         for key, value in {**args, "logrows": logrows}.items():
             setattr(run_args, key, value)
         call("gen_settings", str(files.onnx), str(files.settings), py_run_args=run_args)
         call("compile_circuit", str(files.onnx), str(files.compiled), str(files.settings))
-        try:
-            call("gen_witness", str(probe), str(files.compiled), str(files.directory / "probe-witness.json"))
-            if call("mock", str(files.directory / "probe-witness.json"), str(files.compiled)):
-                break
-        except ProofError:
-            continue
+        if all(_mock_accepts(files, probe) for probe in probes):
+            break
     else:
         raise ProofError(f"the circuit does not fit in 2^{MAX_LOGROWS} rows")
-    probe.unlink()
-    (files.directory / "probe-witness.json").unlink()
     return files

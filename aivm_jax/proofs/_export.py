@@ -47,13 +47,13 @@ class ExportedCircuit:
 
     Attributes:
       onnx_bytes: serialized ONNX model (batch 1, float32 tensors holding integers).
-      max_dividend: largest ``|value|`` any ``Div`` step can see.
+      divisions: ``(divisor, bound on |dividend|)`` of every ``Div``.
       max_value: largest ``|value|`` of any program value.
       table_index_range: whether any ``Gather`` lookups are used.
     """
 
     onnx_bytes: bytes
-    max_dividend: int
+    divisions: tuple[tuple[int, int], ...]
     max_value: int
     uses_tables: bool
 
@@ -64,6 +64,7 @@ class _Graph:
 
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self.divisions: list[tuple[int, int]] = []  # (divisor, bound on |dividend|) of every Div
         self._count = 0
 
     def _name(self, hint: str) -> str:
@@ -100,18 +101,28 @@ def _split16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi << 16, v - (hi << 16)
 
 
-def _floor_div(g: _Graph, x: str, divisor: int) -> str:
-    """``floor(x / d)``: EZKL keeps a ``Div`` by a constant exact (as a rescale) and
-    ``Floor`` then rounds towards minus infinity."""
-    return g.op("Floor", [g.op("Div", [x, g.const(np.float32(divisor), "divisor")])])
+def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
+    """``floor(x / d)`` for ``|x| <= bound``; returns the output and its bound.
+
+    EZKL keeps a ``Div`` by a constant exact (as a rescale) and ``Floor`` then
+    rounds towards minus infinity. A small divisor is scaled up to about
+    ``2**DIV_BITS`` together with the numerator (``floor(a m / (d m)) ==
+    floor(a / d)``), so that the remainder's range check needs few digits.
+    """
+    scale = 2 ** max(0, DIV_BITS - divisor.bit_length())
+    if scale > 1:
+        x = g.op("Mul", [x, g.const(np.float32(scale), "scale")])
+    g.divisions.append((divisor * scale, bound * scale))
+    out = g.op("Floor", [g.op("Div", [x, g.const(np.float32(divisor * scale), "divisor")])])
+    return out, bound // divisor + 1
 
 
-def _floor_div_chain(g: _Graph, x: str, bits: int) -> str:
+def _floor_div_chain(g: _Graph, x: str, bits: int, bound: int) -> str:
     """``floor(x / 2**bits)`` as steps of at most ``DIV_BITS`` bits, using
     ``floor(floor(a / m) / n) == floor(a / (m n))``."""
     while bits > 0:
         step = min(DIV_BITS, bits)
-        x = _floor_div(g, x, 2**step)
+        x, bound = _floor_div(g, x, 2**step, bound)
         bits -= step
     return x
 
@@ -131,7 +142,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
             )
     g = _Graph()
     values = {program.inputs[0].name: program.inputs[0].name}
-    max_dividend, uses_tables = 0, False
+    uses_tables = False
     P = program.params
     for node in program.nodes:
         x = values[node.inputs[0]]
@@ -174,8 +185,12 @@ def export_onnx(program: Program) -> ExportedCircuit:
                 out = g.op("Mul", [x, g.const(np.float32(0), "zero")])
             if common > 0:
                 out = g.op("Add", [out, g.const(np.float32(2 ** (common - 1)), "half")])
-                max_dividend = max(max_dividend, bound * int(np.abs(m_scaled).max()) + 2 ** (common - 1))
-                out = _floor_div_chain(g, out, common)
+                dividend = bound * int(np.abs(m_scaled).max()) + 2 ** (common - 1)
+                if dividend >= 2**53:
+                    raise UnsupportedForProofError(
+                        f"{node.output}: |x * M| may reach 2^53; use smaller multipliers"
+                    )
+                out = _floor_div_chain(g, out, common, dividend)
             if a["out_dtype"] == "int8":
                 out = g.op("Clip", [out, g.const(np.float32(-128), "lo"), g.const(np.float32(127), "hi")])
             elif bounds[node.output] >= 2**31 - 1:
@@ -208,8 +223,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
                 )
                 doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
                 shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
-                max_dividend = max(max_dividend, 2 * bound * n + n)
-                pooled = _floor_div(g, shifted, 2 * n)
+                pooled, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
             out = g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
         elif node.op in ("reshape", "flatten"):
             shape = (
@@ -234,7 +248,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="aivm_jax")
     return ExportedCircuit(
         onnx_bytes=model.SerializeToString(),
-        max_dividend=max_dividend,
+        divisions=tuple(g.divisions),
         max_value=max(bounds.values()),
         uses_tables=uses_tables,
     )
