@@ -180,6 +180,8 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
         assert second["status"] == "finalized"
         assert second["output_hash"] == aivm_jax.infer(program, x[4:9]).output_hash
         info = network.wait_for_result(first, timeout=120)
+        shown = _aivm("result", first, "--rpc-url", hardhat["url"], "--deployments", deployments, "--json")
+        assert shown.returncode == 0 and json.loads(shown.stdout)["output_hash"] == info["output_hash"]
         assert (
             info["status"] == "finalized"
             and info["output_hash"] == aivm_jax.infer(program, x[:4]).output_hash
