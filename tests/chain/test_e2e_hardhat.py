@@ -225,3 +225,31 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_devnet_command_serves_json_rpc_and_stops_on_ctrl_c():
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aivm_jax.cli", "chain", "devnet", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def answers():
+            try:
+                return Chain.connect(url).chain_id == 31337
+            except aivm_jax.ChainConnectionError:
+                return False
+
+        _wait(answers, 60, "the devnet to answer")
+        assert len(Chain.connect(url).w3.eth.accounts) >= 10  # Hardhat's funded dev accounts
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode in (0, 130), output
+    with pytest.raises(aivm_jax.ChainConnectionError):
+        Chain.connect(url)
