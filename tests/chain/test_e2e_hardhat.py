@@ -62,6 +62,11 @@ def hardhat(tmp_path_factory):
         process.kill()
 
 
+def _on_chain(hardhat, deployments, key=None) -> list:
+    """The options every chain command takes: endpoint, signer (if any), deployments file."""
+    return ["--rpc-url", hardhat["url"], *(["--key", key] if key else []), "--deployments", deployments]
+
+
 def _aivm(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "aivm_jax.cli", *map(str, args)],
@@ -78,14 +83,9 @@ def _start_node(hardhat, key, models: Path, deployments: Path, faulty=False) -> 
         "-m",
         "aivm_jax.cli",
         "node",
-        "--rpc-url",
-        hardhat["url"],
-        "--key",
-        key,
+        *map(str, _on_chain(hardhat, deployments, key)),
         "--models",
         str(models),
-        "--deployments",
-        str(deployments),
         "--poll",
         "0.3",
     ]
@@ -108,12 +108,7 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
     deployed = _aivm(
         "chain",
         "deploy",
-        "--rpc-url",
-        hardhat["url"],
-        "--key",
-        keys[0],
-        "--deployments",
-        deployments,
+        *_on_chain(hardhat, deployments, keys[0]),
         "--json",
     )
     assert deployed.returncode == 0, deployed.stderr
@@ -122,12 +117,7 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
         MLP,
         "--uri",
         f"file://{MLP}",
-        "--rpc-url",
-        hardhat["url"],
-        "--key",
-        keys[0],
-        "--deployments",
-        deployments,
+        *_on_chain(hardhat, deployments, keys[0]),
         "--json",
     )
     assert registered.returncode == 0, registered.stderr
@@ -167,12 +157,7 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
             "--wait",
             "--timeout",
             "180",
-            "--rpc-url",
-            hardhat["url"],
-            "--key",
-            keys[0],
-            "--deployments",
-            deployments,
+            *_on_chain(hardhat, deployments, keys[0]),
             "--json",
         )
         assert cli.returncode == 0, cli.stderr
@@ -180,7 +165,7 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
         assert second["status"] == "finalized"
         assert second["output_hash"] == aivm_jax.infer(program, x[4:9]).output_hash
         info = network.wait_for_result(first, timeout=120)
-        shown = _aivm("result", first, "--rpc-url", hardhat["url"], "--deployments", deployments, "--json")
+        shown = _aivm("result", first, *_on_chain(hardhat, deployments), "--json")
         assert shown.returncode == 0 and json.loads(shown.stdout)["output_hash"] == info["output_hash"]
         assert (
             info["status"] == "finalized"
