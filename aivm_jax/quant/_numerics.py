@@ -29,7 +29,7 @@ def quantize_multiplier(real: float, bits: int = MULTIPLIER_BITS) -> tuple[int, 
 
     ``M`` lies in ``[2**(bits-1), 2**bits)`` unless ``real`` is so small that
     ``s`` would pass 62, in which case ``M`` shrinks instead. ``real`` must lie
-    in ``(0, 2**31)`` and ``bits`` in ``[2, 31]``.
+    in ``(0, 2**bits)`` (a shift cannot be negative) and ``bits`` in ``[2, 31]``.
 
     >>> quantize_multiplier(0.5)
     (16384, 15)
