@@ -6,7 +6,7 @@
 
 Importing this package sets XLA's determinism flags (see
 `aivm_jax.runtime.determinism_report`); import it before JAX creates its backends.
-Subpackages: `ops`, `program`, `runtime`, `quant`, `models`, `conformance`, `proofs`.
+Subpackages: `ops`, `program`, `runtime`, `quant`, `models`, `text`, `conformance`, `proofs`, `chain`.
 """
 
 from aivm_jax.runtime._determinism import apply_determinism_flags as _apply
@@ -18,16 +18,21 @@ from aivm_jax._errors import *  # noqa: E402,F403
 from aivm_jax.ops import OPSET_VERSION  # noqa: E402
 from aivm_jax.program import Node, Program, ValueSpec, load, save  # noqa: E402
 from aivm_jax.runtime import InferenceResult, determinism_report, infer, quantize_input  # noqa: E402
+from aivm_jax.text import EmbeddingResult, GenerationResult, embed, generate  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OPSET_VERSION",
+    "EmbeddingResult",
+    "GenerationResult",
     "InferenceResult",
     "Node",
     "Program",
     "ValueSpec",
     "determinism_report",
+    "embed",
+    "generate",
     "infer",
     "load",
     "quantize_input",

@@ -21,6 +21,7 @@ __all__ = [
     "ModelFileError",
     "ModelFileNotFoundError",
     "ModelIdMismatchError",
+    "ModelSourceError",
     "NotDeployedError",
     "OpError",
     "ProgramError",
@@ -32,6 +33,7 @@ __all__ = [
     "TransactionRevertedError",
     "UnknownModelError",
     "UnsupportedForProofError",
+    "WrongProgramError",
 ]
 
 
@@ -84,6 +86,14 @@ class UnknownModelError(AivmError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ModelSourceError(AivmError, FileNotFoundError):
+    """The files a zoo recipe converts (pretrained weights, tokenizer, text) are not installed."""
+
+
+class WrongProgramError(AivmError, ValueError):
+    """A program given to a text API (embed, generate) does not have the inputs and outputs it needs."""
 
 
 class ProofError(AivmError):

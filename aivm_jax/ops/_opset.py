@@ -103,11 +103,28 @@ def _out_dtype(value: Any) -> str:
 
 
 def _shape(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    if (
+        not isinstance(value, (list, tuple))
+        or not all(isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1) for v in value)
+        or list(value).count(-1) > 1
     ):
-        raise OpError(f"shape must be a list of positive integers, got {value!r}")
+        raise OpError(f"shape must be positive integers with at most one -1, got {value!r}")
     return tuple(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OpError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[Any], int]:
+    def normalize(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise OpError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    return normalize
 
 
 def _perm(value: Any) -> tuple[int, ...]:
@@ -199,7 +216,9 @@ def _check_pool(name):
 
 def _check_reshape(ts, attrs):
     size = int(np.prod(ts[0].shape[1:], dtype=np.int64))
-    if int(np.prod(attrs["shape"], dtype=np.int64)) != size:
+    known = int(np.prod([d for d in attrs["shape"] if d != -1], dtype=np.int64))
+    fits = size % known == 0 if -1 in attrs["shape"] else known == size
+    if not fits:
         raise OpError(f"reshape: cannot reshape {ts[0].shape[1:]} to {attrs['shape']}")
 
 
@@ -233,6 +252,85 @@ def _check_concat(ts, attrs):
 def _check_argmax(ts, attrs):
     _need(ts[0], INT_DTYPES, None, "argmax input")
     _batch_axis_guard("argmax", len(ts[0].shape), attrs["axis"])
+
+
+def _check_gather(ts, attrs):
+    _need(ts[0], ["int32"], None, "gather ids")
+    _need(ts[1], INT_DTYPES, 2, "gather table (V, D)")
+
+
+def _check_add(ts, attrs):
+    x, y, mx, my, s = ts
+    _need(x, INT_DTYPES, None, "add input")
+    _need(y, INT_DTYPES, None, "add input")
+    if x.shape != y.shape:
+        raise OpError(f"add: operands {x.shape} and {y.shape} differ in shape")
+    for t, what in ((mx, "x multiplier"), (my, "y multiplier"), (s, "shift")):
+        _need(t, ["int32"], None, f"add {what}")
+        if t.shape not in ((), (x.shape[-1],)):
+            raise OpError(f"add: {what} must have shape () or ({x.shape[-1]},), got {t.shape}")
+
+
+def _check_add_values(params):
+    mx, my, shift = params
+    for m in (mx, my):
+        if m.size and np.abs(m.astype(np.int64)).max() > 2**30:
+            raise OpError("add multipliers must lie in [-2**30, 2**30]")
+    if shift.size and (shift.min() < 0 or shift.max() > 62):
+        raise OpError(f"add shift must lie in [0, 62], got [{shift.min()}, {shift.max()}]")
+
+
+def _check_layer_norm(ts, attrs):
+    x, gamma, beta = ts
+    _need(x, ["int32"], None, "layer_norm input")
+    if not 1 <= x.shape[-1] <= 8192:
+        raise OpError(f"layer_norm: the normalized axis must have 1..8192 elements, got {x.shape[-1]}")
+    for t, what in ((gamma, "gamma"), (beta, "beta")):
+        _need(t, ["int32"], 1, f"layer_norm {what}")
+        if t.shape != (x.shape[-1],):
+            raise OpError(f"layer_norm: {what} must have shape ({x.shape[-1]},), got {t.shape}")
+
+
+def _check_batch_matmul(ts, attrs):
+    a, b = ts
+    _need(a, INT_DTYPES, None, "batch_matmul left operand")
+    _need(b, INT_DTYPES, len(a.shape), "batch_matmul right operand (same rank as the left)")
+    if len(a.shape) < 3 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise OpError(f"batch_matmul: {a.shape} and {b.shape} must be (..., M, K) and (..., K, N)")
+
+
+def _check_mask(x, mask, name):
+    _need(mask, ["int8"], 2, f"{name} mask (batch, T)")
+    if mask.shape[0] != x.shape[0]:
+        raise OpError(f"{name}: mask batch {mask.shape[0]} differs from input batch {x.shape[0]}")
+
+
+def _check_softmax(ts, attrs):
+    x, mask, table = ts
+    _need(x, ["int32"], None, "softmax input")
+    if len(x.shape) < 3:
+        raise OpError(f"softmax input must be (batch, ..., Tq, Tk), got {x.shape}")
+    _check_mask(x, mask, "softmax")
+    if mask.shape[1] != x.shape[-1]:
+        raise OpError(f"softmax: mask has {mask.shape[1]} keys, scores have {x.shape[-1]}")
+    _need(table, ["int32"], 1, "softmax table")
+    n = table.shape[0]
+    if n < 2 or n > 2**16 or n & (n - 1):
+        raise OpError(f"softmax table length must be a power of two in [2, 65536], got {n}")
+
+
+def _check_softmax_values(params):
+    table = params[0]
+    if table.min() < 0 or table.max() > 2**30:
+        raise OpError("softmax table values must lie in [0, 2**30]")
+
+
+def _check_mean_pool(ts, attrs):
+    x, mask = ts
+    _need(x, INT_DTYPES, 3, "mean_pool input (batch, T, D)")
+    _check_mask(x, mask, "mean_pool")
+    if mask.shape[1] != x.shape[1]:
+        raise OpError(f"mean_pool: mask has {mask.shape[1]} positions, input has {x.shape[1]}")
 
 
 _WINDOW_ATTRS = {
@@ -281,6 +379,27 @@ OPSET: Mapping[str, OpDef] = {
         _op("transpose", ("act",), _check_transpose, {"perm": _perm}),
         _op("concat", ("act", "..."), _check_concat, {"axis": _int}),
         _op("argmax", ("act",), _check_argmax, {"axis": _int}, defaults={"axis": -1}),
+        _op("gather", ("act", "param"), _check_gather),
+        _op("iota", ("act",), _check_any),
+        _op(
+            "add",
+            ("act", "act", "param", "param", "param"),
+            _check_add,
+            {"out_dtype": _out_dtype},
+            check_params=_check_add_values,
+        ),
+        _op(
+            "layer_norm", ("act", "param", "param"), _check_layer_norm, {"eps": _int_in(0, 2**31 - 1, "eps")}
+        ),
+        _op("batch_matmul", ("act", "act"), _check_batch_matmul),
+        _op(
+            "softmax",
+            ("act", "act", "param"),
+            _check_softmax,
+            {"causal": _bool, "out_bits": _int_in(1, 30, "out_bits")},
+            check_params=_check_softmax_values,
+        ),
+        _op("mean_pool", ("act", "act"), _check_mean_pool),
     ]
 }
 

@@ -14,6 +14,11 @@ Why each lowering is exact:
   so it works whether or not the user enabled 64-bit types globally.
 * ``//`` on integers floors (unlike ``lax.div``, which truncates) and ``>>`` on
   signed integers is arithmetic, which is what half-up rounding needs.
+* The transformer ops (``layer_norm``, ``softmax``, ``mean_pool``, ``add``)
+  compute in int64 inside ``jax.enable_x64``; the reference states the bounds
+  that keep every step exact. Square roots are bitwise integer square roots,
+  never ``sqrt`` on floats; shift amounts are clamped below the bit width,
+  where XLA's shifts are fully defined.
 """
 
 from __future__ import annotations
@@ -25,17 +30,24 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
+    "add",
     "argmax",
     "avg_pool",
+    "batch_matmul",
     "bias_add",
     "concat",
     "conv2d",
     "flatten",
+    "gather",
+    "iota",
+    "layer_norm",
     "matmul",
     "max_pool",
+    "mean_pool",
     "relu",
     "requantize",
     "reshape",
+    "softmax",
     "table",
     "transpose",
 ]
@@ -117,6 +129,7 @@ def avg_pool(x, *, window, strides, padding) -> jax.Array:
 
 
 def reshape(x: jax.Array, *, shape: Sequence[int]) -> jax.Array:
+    """A ``-1`` entry is inferred, as in the reference."""
     return jnp.reshape(x, (x.shape[0], *shape))
 
 
@@ -135,3 +148,108 @@ def concat(*xs: jax.Array, axis: int) -> jax.Array:
 def argmax(x: jax.Array, *, axis: int = -1) -> jax.Array:
     """``jnp.argmax`` returns the first maximal index, as the semantics require."""
     return jnp.argmax(x, axis=axis).astype(jnp.int32)
+
+
+def gather(ids: jax.Array, table: jax.Array) -> jax.Array:
+    """``table[clip(ids)]`` by ``jnp.take`` with clamping indices."""
+    return jnp.take(table, ids, axis=0, mode="clip")
+
+
+def iota(x: jax.Array) -> jax.Array:
+    """``lax.broadcasted_iota`` along the last axis."""
+    return lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+
+
+def _half(s):
+    return jnp.where(s > 0, jnp.left_shift(jnp.int64(1), jnp.maximum(s - 1, 0)), 0)
+
+
+def add(x, y, x_multiplier, y_multiplier, shift, *, out_dtype: str) -> jax.Array:
+    """``(x Mx + y My) / 2**s`` rounded half up with int64 products, then saturated."""
+    with jax.enable_x64(True):
+        s = shift.astype(jnp.int64)
+        total = x.astype(jnp.int64) * x_multiplier.astype(jnp.int64)
+        total = total + y.astype(jnp.int64) * y_multiplier.astype(jnp.int64) + _half(s)
+        rounded = lax.shift_right_arithmetic(total, jnp.broadcast_to(s, total.shape))
+        info = jnp.iinfo(out_dtype)
+        return jnp.clip(rounded, info.min, info.max).astype(out_dtype)
+
+
+_ISQRT_BITS = 26  # var + eps < 2**51, so its square root has at most 26 bits
+
+
+def _isqrt(v: jax.Array) -> jax.Array:
+    """Floor square root of int64 values in ``[0, 2**52)``, one bit at a time."""
+    root = jnp.zeros_like(v)
+    for bit in range(_ISQRT_BITS - 1, -1, -1):
+        candidate = root | (1 << bit)
+        root = jnp.where(candidate * candidate <= v, candidate, root)
+    return root
+
+
+def layer_norm(x, gamma, beta, *, eps: int) -> jax.Array:
+    """Integer mean, variance and bitwise square root in int64, then half-up division."""
+    limit = 2**24
+    with jax.enable_x64(True):
+        d = x.shape[-1]
+        v = jnp.clip(x.astype(jnp.int64), -limit, limit)
+        mean = jnp.floor_divide(jnp.sum(v, axis=-1, keepdims=True), d)
+        c = v - mean
+        var = jnp.floor_divide(jnp.sum(c * c, axis=-1, keepdims=True), d)
+        root = jnp.maximum(_isqrt(var + eps), 1)
+        y = jnp.floor_divide(2 * c * gamma.astype(jnp.int64) + root, 2 * root) + beta.astype(jnp.int64)
+        return jnp.clip(y, -(2**31), 2**31 - 1).astype(jnp.int32)
+
+
+def batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Batched ``dot_general`` over every leading axis; int8 x int8 accumulates in
+    int32 directly, anything else is widened to int32 first (products wrap)."""
+    batch = tuple(range(a.ndim - 2))
+    if a.dtype != jnp.int8 or b.dtype != jnp.int8:
+        a, b = a.astype(jnp.int32), b.astype(jnp.int32)
+    return lax.dot_general(
+        a,
+        b,
+        dimension_numbers=(((a.ndim - 1,), (b.ndim - 2,)), (batch, batch)),
+        preferred_element_type=jnp.int32,
+    )
+
+
+def _keep(x_shape, mask, causal):
+    keep = (mask != 0).reshape(mask.shape[0], *([1] * (len(x_shape) - 2)), mask.shape[1])
+    keep = jnp.broadcast_to(keep, x_shape)
+    if causal:
+        tq, tk = x_shape[-2], x_shape[-1]
+        query = lax.broadcasted_iota(jnp.int32, (tq, tk), 0)
+        key = lax.broadcasted_iota(jnp.int32, (tq, tk), 1)
+        keep = keep & (key <= query + (tk - tq))
+    return keep
+
+
+def softmax(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
+    """Masked max, base-2 exponent as table lookup plus shift, half-up normalization, int64."""
+    k = int(table.shape[0]).bit_length() - 1
+    keep = _keep(x.shape, mask, causal)
+    with jax.enable_x64(True):
+        scores = x.astype(jnp.int64)
+        lowest = jnp.iinfo(jnp.int64).min
+        row_max = jnp.max(jnp.where(keep, scores, lowest), axis=-1, keepdims=True)
+        distance = jnp.where(keep, row_max - scores, 0)
+        whole = jnp.minimum(lax.shift_right_logical(distance, jnp.int64(k)), 31)
+        fraction = distance & (2**k - 1)
+        e = lax.shift_right_logical(jnp.take(table.astype(jnp.int64), fraction, mode="clip"), whole)
+        e = jnp.where(keep, e, 0)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        safe = jnp.where(total > 0, total, 1)
+        p = jnp.where(total > 0, jnp.floor_divide((e << out_bits) + total // 2, safe), 0)
+        return p.astype(jnp.int32)
+
+
+def mean_pool(x, mask) -> jax.Array:
+    """Masked int64 sums and counts over axis 1, then ``(2S + n) // (2n)``."""
+    with jax.enable_x64(True):
+        keep = (mask != 0)[:, :, None]
+        total = jnp.sum(jnp.where(keep, x.astype(jnp.int64), 0), axis=1)
+        count = jnp.sum(keep.astype(jnp.int64), axis=1)
+        safe = jnp.maximum(count, 1)
+        return jnp.where(count > 0, (2 * total + count) // (2 * safe), 0).astype(jnp.int32)

@@ -18,22 +18,30 @@ Conventions for every op:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
+    "add",
     "argmax",
     "avg_pool",
+    "batch_matmul",
     "bias_add",
     "concat",
     "conv2d",
     "flatten",
+    "gather",
+    "iota",
+    "layer_norm",
     "matmul",
     "max_pool",
+    "mean_pool",
     "relu",
     "requantize",
     "reshape",
+    "softmax",
     "table",
     "transpose",
     "wrap_int32",
@@ -246,7 +254,11 @@ def avg_pool(x, *, window, strides, padding) -> np.ndarray:
 
 
 def reshape(x: np.ndarray, *, shape: Sequence[int]) -> np.ndarray:
-    """Row-major reshape of the non-batch axes to ``shape``; the batch axis is kept."""
+    """Row-major reshape of the non-batch axes to ``shape``; the batch axis is kept.
+
+    At most one entry of ``shape`` may be ``-1``: that axis takes whatever size
+    makes the element count match (how a program reshapes a variable-length axis).
+    """
     return x.reshape((x.shape[0], *shape))
 
 
@@ -278,3 +290,207 @@ def argmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
         best = np.where(better, np.int32(k), best)
         best_value = np.where(better, moved[..., k], best_value)
     return best
+
+
+# --------------------------------------------------------------------------- transformer ops
+
+
+def gather(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Embedding lookup: ``y[..., :] = table[clip(ids[...], 0, V - 1), :]``.
+
+    Args:
+      ids: int32 array of shape ``(batch, ...)``. An id outside ``[0, V)`` is
+        clamped to the nearest valid row (programs declare their id range, so
+        `infer` refuses such inputs before they get here).
+      table: int8 or int32 parameter of shape ``(V, D)``.
+
+    Returns:
+      Array of ``table.dtype`` and shape ``(batch, ..., D)``.
+    """
+    index = np.clip(ids.astype(np.int64), 0, table.shape[0] - 1)
+    return table[index]
+
+
+def iota(x: np.ndarray) -> np.ndarray:
+    """Positions along the last axis: ``y[..., t] = t`` as int32, shaped like ``x``."""
+    positions = np.arange(x.shape[-1], dtype=np.int32)
+    return np.broadcast_to(positions, x.shape).copy()
+
+
+def add(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_multiplier: np.ndarray,
+    y_multiplier: np.ndarray,
+    shift: np.ndarray,
+    *,
+    out_dtype: str,
+) -> np.ndarray:
+    """Add two tensors held at different scales: one fixed-point rescale of their sum.
+
+    ``z = saturate(floor((x * Mx + y * My + 2**(s-1)) / 2**s))``, i.e.
+    ``(x * Mx + y * My) / 2**s`` rounded half up (no rounding term when
+    ``s = 0``). It is how a residual connection joins two branches.
+
+    Exactness: ``|x|, |y| <= 2**31`` and ``|Mx|, |My| <= 2**30`` (checked when
+    the program is built), so each product is at most ``2**61``, their sum plus
+    the rounding term stays below ``2**63``, and nothing overflows int64.
+
+    Args:
+      x, y: int8 or int32 arrays of one shape ``(batch, ..., N)``.
+      x_multiplier, y_multiplier, shift: int32 parameters of shape ``()`` or
+        ``(N,)`` (per channel along the last axis); shift values in ``[0, 62]``.
+      out_dtype: ``"int8"`` or ``"int32"``; the result saturates to it.
+    """
+    s = shift.astype(np.int64)
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    exact = x.astype(np.int64) * x_multiplier.astype(np.int64) + y.astype(np.int64) * y_multiplier.astype(
+        np.int64
+    )
+    rounded = np.right_shift(exact + half, s)
+    info = np.iinfo(np.dtype(out_dtype))
+    return np.clip(rounded, info.min, info.max).astype(out_dtype)
+
+
+LAYER_NORM_INPUT_LIMIT = 2**24
+"""`layer_norm` saturates its input to ``[-2**24, 2**24]`` first (keeps every step in int64)."""
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: int) -> np.ndarray:
+    """Integer layer normalization over the last axis.
+
+    With ``D`` the last axis and ``v = clip(x, -2**24, 2**24)``:
+
+    1. ``mean = floor(sum(v) / D)``; ``c = v - mean``;
+    2. ``var = floor(sum(c**2) / D)``;
+    3. ``r = max(isqrt(var + eps), 1)`` where ``isqrt`` is the floor of the
+       exact square root;
+    4. ``y = floor((2 * c * gamma + r) / (2 * r)) + beta``, i.e.
+       ``c * gamma / r`` rounded half up, plus ``beta``; saturated to int32.
+
+    ``gamma`` carries the float weight times the output scale (the input scale
+    cancels out), ``beta`` the float bias at the output scale, and ``eps`` the
+    float epsilon in squared input units. Everything is exact in int64:
+    ``|c| <= 2**25``, ``c**2 * D < 2**63`` for ``D <= 2**13``, ``|2 c gamma| <= 2**57``.
+
+    Args:
+      x: int32 array of shape ``(batch, ..., D)``, ``D <= 8192``.
+      gamma, beta: int32 parameters of shape ``(D,)``.
+      eps: integer in ``[0, 2**31)``.
+
+    Returns:
+      int32 array of the shape of ``x``.
+    """
+    d = x.shape[-1]
+    v = np.clip(x.astype(np.int64), -LAYER_NORM_INPUT_LIMIT, LAYER_NORM_INPUT_LIMIT)
+    mean = np.floor_divide(v.sum(axis=-1, keepdims=True), d)
+    c = v - mean
+    var = np.floor_divide((c * c).sum(axis=-1, keepdims=True), d)
+    root = np.vectorize(lambda value: max(math.isqrt(int(value) + eps), 1), otypes=[np.int64])(var)
+    y = np.floor_divide(2 * c * gamma.astype(np.int64) + root, 2 * root) + beta.astype(np.int64)
+    return np.clip(y, _INT32_MIN, _INT32_MAX).astype(np.int32)
+
+
+def batch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Product of two activations, per row and per leading axis, wrapped to int32.
+
+    ``z[i, ..., m, n] = sum_k a[i, ..., m, k] * b[i, ..., k, n]`` (attention's
+    ``Q K^T`` and ``P V``). Each operand is int8 or int32; the exact sum wraps
+    modulo ``2**32``.
+
+    Args:
+      a: array of shape ``(batch, ..., M, K)``.
+      b: array of shape ``(batch, ..., K, N)``, the same leading axes.
+
+    Returns:
+      int32 array of shape ``(batch, ..., M, N)``.
+    """
+    bound = int(np.abs(a.astype(np.int64)).max()) * int(np.abs(b.astype(np.int64)).max()) * a.shape[-1]
+    if bound < 2**63:  # the int64 sum cannot overflow
+        return wrap_int32(np.matmul(a.astype(np.int64), b.astype(np.int64)))
+    exact = np.matmul(a.astype(object), b.astype(object))  # Python integers: exact at any size
+    return wrap_int32(np.mod(exact + 2**31, 2**32).astype(np.int64) - 2**31)
+
+
+def _attention_keep(x_shape: tuple[int, ...], mask: np.ndarray, causal: bool) -> np.ndarray:
+    """Boolean array of ``x_shape``: which scores take part (mask broadcast, causal applied)."""
+    keep = (mask != 0).reshape(mask.shape[0], *([1] * (len(x_shape) - 2)), mask.shape[1])
+    keep = np.broadcast_to(keep, x_shape)
+    if causal:
+        tq, tk = x_shape[-2], x_shape[-1]
+        query = np.arange(tq)[:, None]
+        key = np.arange(tk)[None, :]
+        keep = keep & (key <= query + (tk - tq))
+    return keep
+
+
+def softmax(
+    x: np.ndarray,
+    mask: np.ndarray,
+    table: np.ndarray,
+    *,
+    causal: bool,
+    out_bits: int,
+) -> np.ndarray:
+    """Integer softmax over the last axis in base 2, with a key mask and optional causality.
+
+    ``x`` holds scores in units of ``2**-k`` bits (``2**k`` = the table's
+    length): ``p_j = 2**((x_j - max) / 2**k) / sum``. A quantizer folds the
+    ``log2(e) / sqrt(d)`` factor of attention into the requantization before.
+
+    1. Kept positions: ``mask[b, j] != 0`` and, if ``causal``, key ``j <=
+       i + (Tk - Tq)`` for query ``i`` (the last query sees every key).
+    2. ``m = max`` of the kept ``x`` of the row; ``d = m - x >= 0`` (int64).
+    3. ``e = table[d mod 2**k] >> min(d div 2**k, 31)``; ``e = 0`` where not kept.
+       ``table[f]`` is ``2**30 * 2**(-f / 2**k)`` rounded, computed when the
+       program is built; any values in ``[0, 2**30]`` are allowed.
+    4. ``S = sum(e)``; ``p = floor((e * 2**out_bits + floor(S / 2)) / S)``,
+       i.e. ``e / S`` at ``out_bits`` fractional bits rounded half up; ``p = 0``
+       for a row with ``S = 0`` (every key masked).
+
+    Masked keys contribute exactly zero, so padding never changes a kept row.
+
+    Args:
+      x: int32 array of shape ``(batch, ..., Tq, Tk)``.
+      mask: int8 activation of shape ``(batch, Tk)``; nonzero means "attend".
+      table: int32 parameter of shape ``(2**k,)``, ``1 <= k <= 16``.
+      causal: apply the causal rule above.
+      out_bits: ``1..30``; outputs lie in ``[0, 2**out_bits]``.
+
+    Returns:
+      int32 array of the shape of ``x``.
+    """
+    k = int(table.shape[0]).bit_length() - 1
+    keep = _attention_keep(x.shape, mask, causal)
+    scores = x.astype(np.int64)
+    lowest = np.iinfo(np.int64).min
+    row_max = np.where(keep, scores, lowest).max(axis=-1, keepdims=True)
+    distance = np.where(keep, row_max - scores, 0)
+    whole = np.minimum(distance // (2**k), 31)
+    fraction = distance % (2**k)
+    e = np.where(keep, table.astype(np.int64)[fraction] // (2**whole), 0)
+    total = e.sum(axis=-1, keepdims=True)
+    safe = np.where(total > 0, total, 1)
+    p = np.where(total > 0, (e * 2**out_bits + total // 2) // safe, 0)
+    return p.astype(np.int32)
+
+
+def mean_pool(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the kept positions of axis 1, rounded half up: ``(batch, T, D) -> (batch, D)``.
+
+    ``y = floor((2 * S + n) / (2 * n))`` with ``S`` the exact sum of the rows
+    ``t`` where ``mask[b, t] != 0`` and ``n`` their count; ``y = 0`` when
+    ``n = 0``. The mean of int32 values lies in int32's range.
+
+    Args:
+      x: int8 or int32 array of shape ``(batch, T, D)``.
+      mask: int8 activation of shape ``(batch, T)``.
+
+    Returns:
+      int32 array of shape ``(batch, D)``.
+    """
+    keep = (mask != 0)[:, :, None]
+    total = np.where(keep, x.astype(np.int64), 0).sum(axis=1)
+    count = keep.sum(axis=1).astype(np.int64)
+    safe = np.maximum(count, 1)
+    return np.where(count > 0, (2 * total + count) // (2 * safe), 0).astype(np.int32)

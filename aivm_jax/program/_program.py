@@ -26,11 +26,20 @@ def _check_name(name: str, what: str) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ValueSpec:
-    """A program input or output: name, dtype, and shape *without* the batch axis."""
+    """A program input or output: name, dtype, and shape *without* the batch axis.
+
+    Attributes:
+      dynamic: axes (indices into ``shape``) whose size may be anything from 1
+        to ``shape[axis]``, such as a sequence length; ``shape`` holds the maximum.
+      bounds: inclusive ``(low, high)`` range an input's values must lie in
+        (token ids below a vocabulary size, say); `infer` refuses others.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    dynamic: tuple[int, ...] = ()
+    bounds: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name, "value")
@@ -39,9 +48,39 @@ class ValueSpec:
             raise ProgramError(f"value {self.name!r}: dtype must be int8 or int32, got {self.dtype!r}")
         if any(d < 1 for d in self.shape):
             raise ProgramError(f"value {self.name!r}: dimensions must be >= 1, got {self.shape}")
+        dynamic = tuple(sorted({int(a) for a in self.dynamic}))
+        if any(not 0 <= a < len(self.shape) for a in dynamic):
+            raise ProgramError(
+                f"value {self.name!r}: dynamic axes {self.dynamic} are not axes of {self.shape}"
+            )
+        object.__setattr__(self, "dynamic", dynamic)
+        if self.bounds is not None:
+            low, high = (int(b) for b in self.bounds)
+            info = np.iinfo(self.dtype)
+            if not info.min <= low <= high <= info.max:
+                raise ProgramError(
+                    f"value {self.name!r}: bounds {self.bounds} are not a range of {self.dtype}"
+                )
+            object.__setattr__(self, "bounds", (low, high))
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        """Whether a row shape (no batch axis) fits: static axes equal, dynamic ones in 1..max."""
+        return len(shape) == len(self.shape) and all(
+            (1 <= got <= top) if axis in self.dynamic else got == top
+            for axis, (got, top) in enumerate(zip(shape, self.shape))
+        )
+
+    def describe(self) -> str:
+        dims = [f"<={d}" if axis in self.dynamic else str(d) for axis, d in enumerate(self.shape)]
+        return f"{self.dtype}[{', '.join(dims)}]"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.dynamic:  # written only when set: programs without them keep their ids
+            out["dynamic"] = list(self.dynamic)
+        if self.bounds is not None:
+            out["bounds"] = list(self.bounds)
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,11 +164,43 @@ class Program:
     def _validated_nodes(self) -> list[Node]:
         if not self.inputs or not self.outputs:
             raise ProgramError("a program needs at least one input and one output")
+        longest = {spec.name: spec.shape for spec in self.inputs}
+        nodes, types = self._typed_graph(longest)
+        object.__setattr__(self, "_value_shapes", {name: t.shape[1:] for name, t in types.items()})
+        if any(spec.dynamic for spec in self.inputs):
+            # The graph must also hold with every variable axis at its shortest.
+            shortest = {
+                spec.name: tuple(1 if a in spec.dynamic else d for a, d in enumerate(spec.shape))
+                for spec in self.inputs
+            }
+            self._typed_graph(shortest)
+        return nodes
+
+    def output_shapes(self, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Row shapes of the outputs for the given input row shapes (no batch axes).
+
+        Raises:
+          ProgramError: the shapes do not fit the inputs' specs or the graph.
+        """
+        key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+        cache = self.__dict__.setdefault("_shape_cache", {})
+        if key not in cache:
+            for spec in self.inputs:
+                if not spec.accepts_shape(tuple(input_shapes[spec.name])):
+                    raise ProgramError(
+                        f"input {spec.name!r} must have row shape {spec.describe()}, "
+                        f"got {tuple(input_shapes[spec.name])}"
+                    )
+            _, types = self._typed_graph(dict(key))
+            cache[key] = {spec.name: types[spec.name].shape[1:] for spec in self.outputs}
+        return cache[key]
+
+    def _typed_graph(self, input_shapes: Mapping[str, tuple[int, ...]]):
         types: dict[str, TensorType] = {}
         for spec in self.inputs:
             if spec.name in types or spec.name in self.params:
                 raise ProgramError(f"input name {spec.name!r} is defined twice")
-            types[spec.name] = TensorType(spec.dtype, (1, *spec.shape))
+            types[spec.name] = TensorType(spec.dtype, (1, *input_shapes[spec.name]))
         nodes = []
         for index, node in enumerate(self.nodes):
             where = f"node {index} ({node.op} -> {node.output!r})"
@@ -153,17 +224,16 @@ class Program:
                 raise ProgramError(f"{where}: name {node.output!r} is defined twice")
             types[node.output] = out_type
             nodes.append(Node(op=node.op, inputs=tuple(node.inputs), output=node.output, attrs=attrs))
-        object.__setattr__(self, "_value_shapes", {name: t.shape[1:] for name, t in types.items()})
         for spec in self.outputs:
             actual = types.get(spec.name)
             if actual is None:
                 raise ProgramError(f"output {spec.name!r} is not computed by any node")
-            if (actual.dtype, actual.shape[1:]) != (spec.dtype, spec.shape):
+            if actual.dtype != spec.dtype or not spec.accepts_shape(actual.shape[1:]):
                 raise ProgramError(
-                    f"output {spec.name!r} is declared {spec.dtype}{list(spec.shape)} but the "
+                    f"output {spec.name!r} is declared {spec.describe()} but the "
                     f"graph computes {actual.dtype}{list(actual.shape[1:])}"
                 )
-        return nodes
+        return nodes, types
 
     @functools.cached_property
     def model_id(self) -> str:

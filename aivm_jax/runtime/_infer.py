@@ -18,6 +18,7 @@ from aivm_jax._errors import (
     InputRangeError,
     InputShapeError,
     ModelIdMismatchError,
+    ProgramError,
 )
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import evaluate
@@ -96,20 +97,23 @@ def _checked_input(spec: ValueSpec, value: Any) -> np.ndarray:
         raise InputDTypeError(
             f"input {spec.name!r} must hold integers ({spec.dtype}), got dtype {array.dtype}.{hint}"
         )
-    expected = ("batch", *spec.shape)
-    if array.ndim != len(expected) or tuple(array.shape[1:]) != spec.shape:
+    if array.ndim != len(spec.shape) + 1 or not spec.accepts_shape(tuple(array.shape[1:])):
+        dims = ", ".join(["batch", *spec.describe().split("[", 1)[1][:-1].split(", ")])
         raise InputShapeError(
-            f"input {spec.name!r} must have shape {expected}, got {array.shape}; "
+            f"input {spec.name!r} must have shape ({dims}), got {array.shape}; "
             "add a leading batch axis for a single example"
         )
     if array.shape[0] == 0:
         raise InputShapeError(f"input {spec.name!r} has an empty batch; pass at least one row")
     info = np.iinfo(spec.dtype)
+    allowed, what = (
+        (spec.bounds, "its declared bounds") if spec.bounds else ((info.min, info.max), spec.dtype)
+    )
     low, high = int(array.min()), int(array.max())
-    if low < info.min or high > info.max:
+    if low < allowed[0] or high > allowed[1]:
         raise InputRangeError(
-            f"input {spec.name!r} holds values in [{low}, {high}], outside {spec.dtype}'s "
-            f"range [{info.min}, {info.max}]"
+            f"input {spec.name!r} holds values in [{low}, {high}], outside {what} "
+            f"[{allowed[0]}, {allowed[1]}]"
         )
     return array.astype(spec.dtype)
 
@@ -128,6 +132,11 @@ def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:
     batches = {a.shape[0] for a in feeds.values()}
     if len(batches) != 1:
         raise InputShapeError(f"all inputs must share one batch size, got {sorted(batches)}")
+    if any(spec.dynamic for spec in program.inputs):
+        try:  # variable-length inputs must also agree with each other (same sequence length, ...)
+            program.output_shapes({name: a.shape[1:] for name, a in feeds.items()})
+        except ProgramError as error:
+            raise InputShapeError(f"input shapes do not fit together: {error}") from None
     return feeds
 
 

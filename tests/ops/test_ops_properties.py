@@ -173,7 +173,7 @@ def test_avg_pool_rounds_half_up():
 @given(st.data())
 def test_reshape_property(data):
     x = data.draw(int8s((2, 3, 4)))
-    shape = data.draw(st.sampled_from([(12,), (4, 3), (2, 2, 3), (1, 12)]))
+    shape = data.draw(st.sampled_from([(12,), (4, 3), (2, 2, 3), (1, 12), (-1, 3), (2, -1, 2)]))
     assert_lowering_matches("reshape", x, shape=shape)
 
 
@@ -204,3 +204,138 @@ def test_argmax_property(data, axis):
 def test_argmax_ties_go_to_lowest_index():
     out = assert_lowering_matches("argmax", np.array([[1, 7, 7, 7], [-128, -128, -128, -128]], np.int8))
     np.testing.assert_array_equal(out, [1, 0])
+
+
+# ----------------------------------------------------------------- transformer ops
+
+
+@given(st.data(), st.sampled_from(["int8", "int32"]))
+def test_gather_property(data, dtype):
+    vocab = data.draw(st.integers(1, 9))
+    ids = data.draw(hnp.arrays(np.int32, (2, 5), elements=st.integers(-3, vocab + 2)))
+    table = data.draw(int8s((vocab, 3)) if dtype == "int8" else int32s((vocab, 3)))
+    out = assert_lowering_matches("gather", ids, table)
+    np.testing.assert_array_equal(out, table[np.clip(ids, 0, vocab - 1)])
+
+
+@given(st.data())
+def test_iota_property(data):
+    x = data.draw(int32s((2, 3, data.draw(st.integers(1, 6)))))
+    out = assert_lowering_matches("iota", x)
+    assert (out[1, 2] == np.arange(x.shape[-1])).all()
+
+
+@given(st.data(), st.booleans(), st.booleans(), st.sampled_from(["int8", "int32"]))
+def test_add_property(data, per_channel_x, per_channel_s, out_dtype):
+    n = data.draw(st.integers(1, 5))
+    x = data.draw(int32s((3, n)))
+    y = data.draw(int8s((3, n)))
+    multipliers = st.integers(-(2**30), 2**30)
+    mx = data.draw(hnp.arrays(np.int32, (n,) if per_channel_x else (), elements=multipliers))
+    my = data.draw(hnp.arrays(np.int32, (), elements=multipliers))
+    s = data.draw(hnp.arrays(np.int32, (n,) if per_channel_s else (), elements=st.integers(0, 62)))
+    assert_lowering_matches("add", x, y, mx, my, s, out_dtype=out_dtype)
+
+
+def test_add_rounds_half_up_at_the_extremes():
+    x = np.array([[2**31 - 1, -(2**31), 3, -3]], np.int32)
+    y = np.array([[2**31 - 1, -(2**31), 0, 0]], np.int32)
+    m = np.int32(2**30)
+    out = assert_lowering_matches("add", x, y, m, m, np.int32(62), out_dtype="int32")
+    exact = [(a * 2**30 + b * 2**30 + 2**61) >> 62 for a, b in zip(x[0].tolist(), y[0].tolist())]
+    np.testing.assert_array_equal(out[0], exact)
+    halves = assert_lowering_matches(
+        "add", x[:, 2:], y[:, 2:], np.int32(1), np.int32(0), np.int32(1), out_dtype="int8"
+    )
+    np.testing.assert_array_equal(halves, [[2, -1]])  # 1.5 -> 2, -1.5 -> -1
+
+
+@given(st.data())
+def test_layer_norm_property(data):
+    d = data.draw(st.integers(1, 12))
+    x = data.draw(int32s((2, 3, d)))
+    gamma = data.draw(int32s((d,)))
+    beta = data.draw(int32s((d,)))
+    eps = data.draw(st.sampled_from([0, 1, 2**31 - 1]))
+    assert_lowering_matches("layer_norm", x, gamma, beta, eps=eps)
+
+
+def test_layer_norm_normalizes():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-(2**20), 2**20, size=(4, 64)).astype(np.int32)
+    gamma = np.full(64, 2**12, np.int32)  # output scale 2**-12
+    out = assert_lowering_matches("layer_norm", x, gamma, np.zeros(64, np.int32), eps=0)
+    centered = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+    assert np.abs(out / 2**12 - centered).max() < 2e-3
+    constant = assert_lowering_matches(
+        "layer_norm", np.full((1, 8), 7, np.int32), gamma[:8], gamma[:8], eps=0
+    )
+    np.testing.assert_array_equal(constant, np.full((1, 8), 2**12))  # zero variance: only beta
+
+
+@given(st.data(), st.sampled_from([("int8", "int8"), ("int32", "int8"), ("int32", "int32")]))
+def test_batch_matmul_property(data, dtypes):
+    m, k, n = (data.draw(st.integers(1, 5)) for _ in range(3))
+    draw = {"int8": int8s, "int32": int32s}
+    a = data.draw(draw[dtypes[0]]((2, 3, m, k)))
+    b = data.draw(draw[dtypes[1]]((2, 3, k, n)))
+    assert_lowering_matches("batch_matmul", a, b)
+
+
+def _exp2_table(k):
+    return np.round(2.0**30 * 2.0 ** (-np.arange(2**k) / 2**k)).astype(np.int32)
+
+
+@given(st.data(), st.booleans(), st.integers(1, 8), st.integers(1, 30))
+def test_softmax_property(data, causal, k, out_bits):
+    tq, tk = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 6))
+    x = data.draw(int32s((2, 3, tq, tk)))
+    mask = data.draw(hnp.arrays(np.int8, (2, tk), elements=st.sampled_from([0, 1, -1, 127])))
+    table = data.draw(st.sampled_from([_exp2_table(k), np.full(2**k, 2**30, np.int32)]))
+    assert_lowering_matches("softmax", x, mask, table, causal=causal, out_bits=out_bits)
+
+
+def test_softmax_approximates_exp_and_ignores_padding():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, size=(1, 1, 4, 6))
+    x = np.round(logits / np.log(2) * 256).astype(np.int32)  # natural log units -> 2**-8 bits
+    mask = np.array([[1, 1, 1, 1, 1, 0]], np.int8)
+    out = assert_lowering_matches("softmax", x, mask, _exp2_table(8), causal=False, out_bits=15)
+    expected = np.exp(logits[..., :5]) / np.exp(logits[..., :5]).sum(-1, keepdims=True)
+    assert np.abs(out[..., :5] / 2**15 - expected).max() < 2e-3
+    assert (out[..., 5] == 0).all()
+    # padding the key axis with masked keys changes no kept probability
+    padded_x = np.concatenate([x, np.full((1, 1, 4, 3), 2**31 - 1, np.int32)], axis=-1)
+    padded_mask = np.concatenate([mask, np.zeros((1, 3), np.int8)], axis=1)
+    padded = assert_lowering_matches(
+        "softmax", padded_x, padded_mask, _exp2_table(8), causal=False, out_bits=15
+    )
+    np.testing.assert_array_equal(padded[..., :6], out)
+
+
+def test_softmax_causal_rule_and_empty_rows():
+    x = np.zeros((1, 1, 2, 4), np.int32)
+    out = assert_lowering_matches(
+        "softmax", x, np.ones((1, 4), np.int8), _exp2_table(4), causal=True, out_bits=12
+    )
+    # Tk - Tq = 2: query 0 sees keys 0..2, query 1 sees all four
+    np.testing.assert_array_equal(out[0, 0], [[1365, 1365, 1365, 0], [1024, 1024, 1024, 1024]])
+    empty = assert_lowering_matches(
+        "softmax", x, np.zeros((1, 4), np.int8), _exp2_table(4), causal=False, out_bits=12
+    )
+    assert (empty == 0).all()
+
+
+@given(st.data(), st.sampled_from(["int8", "int32"]))
+def test_mean_pool_property(data, dtype):
+    t, d = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4))
+    x = data.draw(int8s((3, t, d)) if dtype == "int8" else int32s((3, t, d)))
+    mask = data.draw(hnp.arrays(np.int8, (3, t), elements=st.sampled_from([0, 1, -5])))
+    assert_lowering_matches("mean_pool", x, mask)
+
+
+def test_mean_pool_rounds_half_up_and_skips_padding():
+    x = np.array([[[-3], [-2], [100]], [[1], [2], [100]]], np.int32)
+    mask = np.array([[1, 1, 0], [1, 1, 0]], np.int8)
+    out = assert_lowering_matches("mean_pool", x, mask)
+    np.testing.assert_array_equal(out, [[-2], [2]])  # -2.5 -> -2, 1.5 -> 2

@@ -32,7 +32,7 @@ def test_defaults_are_filled_in():
 @pytest.mark.parametrize(
     "op, types, kinds, attrs, message",
     [
-        ("softmax", [t("int8", 1, 3)], ["act"], {}, "unknown op"),
+        ("conv3d", [t("int8", 1, 3)], ["act"], {}, "unknown op"),
         ("matmul", [t("int32", 1, 3), t("int8", 3, 2)], ["act", "param"], {}, "dtype int8"),
         ("matmul", [t("int8", 1, 4), t("int8", 3, 2)], ["act", "param"], {}, "does not contract"),
         ("matmul", [t("int8", 1, 3), t("int8", 1, 3)], ["act", "act"], {}, "operands must be"),

