@@ -227,22 +227,22 @@ def _keep(x_shape, mask, causal):
 
 
 def softmax(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
-    """Masked max, base-2 exponent as table lookup plus shift, half-up normalization, int64."""
+    """Masked max in int32; the distance ``m - x`` (in ``[0, 2**32)``) in uint32, where
+    it is exact; table lookup and shift in int32; row sums, the per-row reciprocal
+    and the normalizing product in int64."""
     k = int(table.shape[0]).bit_length() - 1
     keep = _keep(x.shape, mask, causal)
+    row_max = jnp.max(jnp.where(keep, x, jnp.iinfo(jnp.int32).min), axis=-1, keepdims=True)
+    distance = row_max.astype(jnp.uint32) - x.astype(jnp.uint32)  # wraps to the exact m - x >= 0
+    whole = jnp.minimum(distance >> k, 31).astype(jnp.int32)
+    fraction = (distance & (2**k - 1)).astype(jnp.int32)
+    e = jnp.where(keep, jnp.take(table, fraction, mode="clip") >> whole, 0)
     with jax.enable_x64(True):
-        scores = x.astype(jnp.int64)
-        lowest = jnp.iinfo(jnp.int64).min
-        row_max = jnp.max(jnp.where(keep, scores, lowest), axis=-1, keepdims=True)
-        distance = jnp.where(keep, row_max - scores, 0)
-        whole = jnp.minimum(lax.shift_right_logical(distance, jnp.int64(k)), 31)
-        fraction = distance & (2**k - 1)
-        e = lax.shift_right_logical(jnp.take(table.astype(jnp.int64), fraction, mode="clip"), whole)
-        e = jnp.where(keep, e, 0)
-        total = jnp.sum(e, axis=-1, keepdims=True)
-        safe = jnp.where(total > 0, total, 1)
-        p = jnp.where(total > 0, jnp.floor_divide((e << out_bits) + total // 2, safe), 0)
-        return p.astype(jnp.int32)
+        e64 = e.astype(jnp.int64)
+        total = jnp.sum(e64, axis=-1, keepdims=True)
+        inverse = jnp.where(total > 0, (jnp.int64(1) << 62) // jnp.maximum(total, 1), 0)
+        p = (e64 * inverse + (jnp.int64(1) << (61 - out_bits))) >> (62 - out_bits)
+        return jnp.where(total > 0, p, 0).astype(jnp.int32)
 
 
 def mean_pool(x, mask) -> jax.Array:

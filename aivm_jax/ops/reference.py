@@ -444,9 +444,12 @@ def softmax(
     3. ``e = table[d mod 2**k] >> min(d div 2**k, 31)``; ``e = 0`` where not kept.
        ``table[f]`` is ``2**30 * 2**(-f / 2**k)`` rounded, computed when the
        program is built; any values in ``[0, 2**30]`` are allowed.
-    4. ``S = sum(e)``; ``p = floor((e * 2**out_bits + floor(S / 2)) / S)``,
-       i.e. ``e / S`` at ``out_bits`` fractional bits rounded half up; ``p = 0``
-       for a row with ``S = 0`` (every key masked).
+    4. ``S = sum(e)`` and one reciprocal per row, ``inv = floor(2**62 / S)``;
+       ``p = floor((e * inv + 2**(61 - out_bits)) / 2**(62 - out_bits))``, i.e.
+       ``e / S`` at ``out_bits`` fractional bits, rounded half up after the
+       reciprocal (one division per row instead of one per score); ``p = 0``
+       for a row with ``S = 0`` (every key masked). Since ``e <= S``,
+       ``e * inv <= 2**62`` and ``p <= 2**out_bits``: nothing overflows int64.
 
     Masked keys contribute exactly zero, so padding never changes a kept row.
 
@@ -470,9 +473,9 @@ def softmax(
     fraction = distance % (2**k)
     e = np.where(keep, table.astype(np.int64)[fraction] // (2**whole), 0)
     total = e.sum(axis=-1, keepdims=True)
-    safe = np.where(total > 0, total, 1)
-    p = np.where(total > 0, (e * 2**out_bits + total // 2) // safe, 0)
-    return p.astype(np.int32)
+    inverse = np.where(total > 0, 2**62 // np.maximum(total, 1), 0)
+    p = (e * inverse + 2 ** (61 - out_bits)) // 2 ** (62 - out_bits)
+    return np.where(total > 0, p, 0).astype(np.int32)
 
 
 def mean_pool(x: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,144 @@
+"""all-MiniLM-L6-v2: the integer AIVM program vs the float model in JAX vs sentence-transformers (torch, CPU).
+
+    .venv/bin/python benchmarks/minilm_throughput.py [--repeats N]
+
+Sentences per second at batch 32, for short sentences (the 20 fidelity
+sentences and 12 more, 9-18 tokens) and for 32 texts of exactly 128 tokens.
+Every contender runs in this process on the same token ids, after warm-up
+(median of N timed calls):
+
+* aivm jit: the compiled integer program alone (ids in, pooled int32 out);
+* aivm embed: the full `aivm_jax.embed` call (tokenize, pad to a 16-token
+  bucket, checks, row hashes, normalization);
+* float jax: the same model in float32 JAX (`minilm_float_embed`, jit);
+* sentence-transformers: `SentenceTransformer.encode` on torch CPU, when the
+  optional benchmark extra is installed (`pip install -e '.[bench]'`).
+
+Ratios are sentences/s of the AIVM divided by the peer's; > 1 means the AIVM is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+import aivm_jax
+from aivm_jax.models import build
+from aivm_jax.models._char_gpt import CORPUS
+from aivm_jax.models._minilm import (
+    CALIBRATION_SENTENCES,
+    load_minilm_tokenizer,
+    load_minilm_weights,
+    minilm_float_embed,
+    minilm_source,
+    tokenize_batch,
+)
+from aivm_jax.runtime._infer import _compiled_for
+
+VISIBLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "minilm_visible.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _median_seconds(repeats: int, fn) -> float:
+    """Median wall time of ``fn()`` (results blocked on) after 2 warm-up calls."""
+    for _ in range(2):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _workloads(tokenizer):
+    short = json.loads(VISIBLE.read_text())["sentences"] + list(CALIBRATION_SENTENCES[:12])
+    text = CORPUS.read_text()
+    words = text.split()
+    long_texts = []
+    for i in range(32):  # 32 passages cut to 128 tokens ([CLS] + 126 + [SEP])
+        chunk = " ".join(words[i * 400 : i * 400 + 300])
+        token_ids = tokenizer.encode(chunk).ids[:127]
+        long_texts.append(tokenizer.decode(token_ids[1:]))
+    return {"short": short, "128 tokens": long_texts}
+
+
+def _sentence_transformers():
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    return SentenceTransformer(str(minilm_source()), device="cpu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--program", type=Path, help="a built minilm-l6 .aivm (default: build it now)")
+    args = parser.parse_args()
+    program = aivm_jax.load(args.program) if args.program else build("minilm-l6")
+    tokenizer = load_minilm_tokenizer()
+    weights = {k: jnp.asarray(v) for k, v in load_minilm_weights().items() if k != "embeddings.position_ids"}
+    float_fn = jax.jit(lambda ids, mask: minilm_float_embed(weights, ids, mask, xp=jnp))
+    entry = _compiled_for(program)
+    device_params = entry.params_on(None)
+    st_model = _sentence_transformers()
+    print(
+        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} x {jax.devices()[0].platform}, "
+        f"jax {jax.__version__}; model {program.model_id[:18]}..."
+    )
+    header = (
+        f"{'workload':11s} {'tokens':>6s} {'float jax':>10s} {'s-t torch':>10s} {'aivm jit':>9s} "
+        f"{'vs jax':>7s} {'vs s-t':>7s} {'aivm embed':>11s} {'vs jax':>7s} {'vs s-t':>7s}"
+    )
+    print("sentences per second, batch 32")
+    print(header)
+    print("-" * len(header))
+    for workload, texts in _workloads(tokenizer).items():
+        ids, mask = tokenize_batch(tokenizer, texts)
+        feeds = {"input_ids": jax.device_put(ids), "attention_mask": jax.device_put(mask)}
+        n, repeats = len(texts), args.repeats
+        rate = {
+            "jax": n / _median_seconds(repeats, partial(float_fn, ids, mask)),
+            "jit": n / _median_seconds(repeats, partial(entry.fn, device_params, feeds)),
+            "embed": n / _median_seconds(repeats, partial(aivm_jax.embed, program, texts)),
+        }
+        if st_model is not None:
+            st_model.max_seq_length = ids.shape[1]
+            rate["st"] = n / _median_seconds(repeats, partial(st_model.encode, texts, batch_size=32))
+        st = rate.get("st")
+
+        def ratio(a, b):
+            return f"{a / b:6.2f}x" if b else "    n/a"
+
+        print(
+            f"{workload:11s} {ids.shape[1]:6d} {rate['jax']:10.1f} {st or float('nan'):10.1f} {rate['jit']:9.1f} "
+            f"{ratio(rate['jit'], rate['jax'])} {ratio(rate['jit'], st)} {rate['embed']:11.1f} "
+            f"{ratio(rate['embed'], rate['jax'])} {ratio(rate['embed'], st)}"
+        )
+    if st_model is None:
+        print("sentence-transformers not installed: pip install -e '.[bench]' to compare with it")
+
+
+if __name__ == "__main__":
+    main()
