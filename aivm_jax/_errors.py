@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AivmError",
+    "BatchJobError",
     "ChainConnectionError",
     "ChainError",
     "InputDTypeError",
@@ -94,6 +95,10 @@ class ModelSourceError(AivmError, FileNotFoundError):
 
 class WrongProgramError(AivmError, ValueError):
     """A program given to a text API (embed, generate) does not have the inputs and outputs it needs."""
+
+
+class BatchJobError(AivmError, ValueError):
+    """A batch job directory holds another job, or a chunk is missing after every process finished."""
 
 
 class ProofError(AivmError):

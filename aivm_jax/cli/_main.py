@@ -208,6 +208,67 @@ def generate(
     _emit(result.to_json(), as_json, "\n".join(lines))
 
 
+@main.command()
+@program_argument
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Rows on the first axis: .npy for a one-input program, .npz by input name.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Job directory (rerun to resume).",
+)
+@click.option(
+    "--chunk-rows", default=4096, show_default=True, type=click.IntRange(min=1), help="Rows per chunk."
+)
+@click.option("--coordinator", help="HOST:PORT of process 0, for a multi-host job (jax.distributed).")
+@click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--process-id", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+def batch(
+    file: Path,
+    input_path: Path,
+    out_dir: Path,
+    chunk_rows: int,
+    coordinator: str | None,
+    num_processes: int,
+    process_id: int,
+    as_json: bool,
+) -> None:
+    """Run a data set through a program on all local devices; print the Merkle root of its row hashes.
+
+    Kill it at any point and rerun the same command: finished chunks are
+    kept (after re-checking their hashes), nothing is lost or duplicated.
+    """
+    from aivm_jax.batch import init_distributed, read_batch_inputs, run_batch
+
+    if num_processes > 1:
+        if coordinator is None:
+            raise click.UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
+        init_distributed(coordinator, num_processes, process_id)
+    program = aivm_jax.load(file)
+    inputs = read_batch_inputs(program, input_path)
+    with click.progressbar(length=1, label="chunks", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(1)
+
+        result = run_batch(program, inputs, out_dir, chunk_rows=chunk_rows, progress=progress)
+    human = (
+        f"model id     {result.model_id}\nrows         {result.rows}\n"
+        f"merkle root  {result.merkle_root}\noutputs      {out_dir / 'outputs.npz'}\n"
+        f"chunks       {result.chunks_computed} computed, {result.chunks_reused} reused"
+    )
+    _emit(result.to_json(), as_json, human)
+
+
 @main.group(cls=_AivmGroup)
 def zoo() -> None:
     """Reference models that build reproducibly from data that ships offline."""

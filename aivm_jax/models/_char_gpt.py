@@ -139,10 +139,19 @@ def char_gpt_float_logits(params, tokens, cfg=CharGPTConfig):
 
 
 def train_char_gpt(progress: Callable[[str], None] = lambda _: None, cfg=CharGPTConfig):
-    """Train the float model (seeded, CPU, about two minutes); return ``(params, vocab)``."""
-    # optax relies on standard promotion; do not depend on the caller's global setting.
-    with jax.numpy_dtype_promotion("standard"):
-        return _train(progress, cfg)
+    """Train the float model (seeded, CPU, about two minutes); return ``(params, vocab)``.
+
+    The result is kept for the life of the process (training is deterministic),
+    so a build followed by a fidelity check trains once.
+    """
+    if cfg not in _trained:
+        # optax relies on standard promotion; do not depend on the caller's global setting.
+        with jax.numpy_dtype_promotion("standard"):
+            _trained[cfg] = _train(progress, cfg)
+    return _trained[cfg]
+
+
+_trained: dict[type, tuple[dict, str]] = {}
 
 
 def _train(progress, cfg):
@@ -303,7 +312,8 @@ def _norm(g: GraphBuilder, x: str, p, output: str, cfg) -> str:
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    erf = np.vectorize(math.erf)
+    from scipy.special import erf  # scipy comes with scikit-learn
+
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 

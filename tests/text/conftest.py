@@ -12,13 +12,21 @@ import aivm_jax
 DATA = Path(__file__).parent.parent / "data"
 
 
+def _cli_build(name: str, path: Path) -> Path:
+    from click.testing import CliRunner
+
+    from aivm_jax.cli import main
+
+    done = CliRunner().invoke(main, ["zoo", "build", name, "-o", str(path), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["model_id"] == aivm_jax.load(path).model_id
+    return path
+
+
 @pytest.fixture(scope="session")
 def minilm_file(tmp_path_factory) -> Path:
-    from aivm_jax.models import build
-
-    path = tmp_path_factory.mktemp("minilm") / "minilm-l6.aivm"
-    aivm_jax.save(build("minilm-l6"), path)
-    return path
+    """Built through `aivm zoo build minilm-l6 -o FILE`."""
+    return _cli_build("minilm-l6", tmp_path_factory.mktemp("minilm") / "minilm-l6.aivm")
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +42,12 @@ def visible() -> dict:
 
 @pytest.fixture(scope="session")
 def char_gpt(tmp_path_factory):
-    """``(program, float params, vocab, path)``: trained (seeded), quantized and saved."""
-    from aivm_jax.models._char_gpt import quantize_char_gpt, train_char_gpt
+    """``(program, float params, vocab, path)``: built through `aivm zoo build char-gpt -o FILE`.
 
+    The float parameters come from the same (cached, deterministic) training run.
+    """
+    from aivm_jax.models._char_gpt import train_char_gpt
+
+    path = _cli_build("char-gpt", tmp_path_factory.mktemp("char-gpt") / "char-gpt.aivm")
     params, vocab = train_char_gpt()
-    program = quantize_char_gpt(params, vocab)
-    path = tmp_path_factory.mktemp("char-gpt") / "char-gpt.aivm"
-    aivm_jax.save(program, path)
-    return program, params, vocab, path
+    return aivm_jax.load(path), params, vocab, path

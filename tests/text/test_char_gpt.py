@@ -94,6 +94,12 @@ def test_cli_generate_and_errors(char_gpt, minilm_file):
     assert [r["tokens"] for r in data["results"]] == [list(t) for t in expected.tokens]
     assert [r["text"] for r in data["results"]] == list(expected.texts)
     assert [r["tokens_hash"] for r in data["results"]] == list(expected.token_hashes)
+    info = runner.invoke(main, ["info", str(path), "--json"])
+    assert info.exit_code == 0, info.output
+    described = json.loads(info.stdout)
+    assert described["metadata"]["kind"] == "char-lm"
+    assert described["metadata"]["lm_fidelity"]["agreement_ppm"] >= 950_000
+    assert {"name": "past_k.0", "dtype": "int8", "shape": [4, 128, 32], "dynamic": [1]} in described["inputs"]
     with pytest.raises(InputRangeError, match="vocabulary"):
         aivm_jax.generate(program, ["caf\u00e9"], 4)
     with pytest.raises(InputRangeError, match="context"):

@@ -36,6 +36,11 @@ def test_fidelity_to_the_float_model(minilm, visible):
     np.testing.assert_array_equal(_nearest(result.embeddings.astype(np.float64)), _nearest(reference))
 
 
+def test_the_build_records_its_own_fidelity(minilm):
+    report = minilm.metadata["embedding_fidelity"]
+    assert report["min_cosine_ppm"] >= 980_000 and report["mean_cosine_ppm"] >= 990_000, report
+
+
 def test_a_row_hash_ignores_batch_and_padding(minilm, visible):
     tokenizer = load_minilm_tokenizer()
     sentence = visible["sentences"][3]
