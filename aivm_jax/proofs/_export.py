@@ -127,12 +127,34 @@ def _floor_div_chain(g: _Graph, x: str, bits: int, bound: int) -> str:
     return x
 
 
+EXPORTABLE_OPS = frozenset(
+    {
+        "matmul",
+        "conv2d",
+        "bias_add",
+        "requantize",
+        "relu",
+        "table",
+        "max_pool",
+        "avg_pool",
+        "reshape",
+        "flatten",
+        "transpose",
+        "concat",
+    }
+)
+"""Ops with an exact ONNX translation; the transformer ops are not among them yet."""
+
+
 def export_onnx(program: Program) -> ExportedCircuit:
     """Translate ``program`` (batch 1) into ONNX; raise `UnsupportedForProofError` if not exact."""
     from onnx import TensorProto, helper
 
     if len(program.inputs) != 1 or len(program.outputs) != 1:
         raise UnsupportedForProofError("proofs support programs with one input and one output")
+    missing = sorted({node.op for node in program.nodes} - EXPORTABLE_OPS)
+    if missing:
+        raise UnsupportedForProofError(f"no exact circuit yet for the op(s) {', '.join(missing)}")
     bounds = program_bounds(program)
     for name, bound in bounds.items():
         if bound >= 2**31:

@@ -112,3 +112,19 @@ def test_ops_without_an_exact_export_are_refused(tmp_path):
     program = _one_op_program(Node(op="argmax", inputs=("x",), output="y"), {}, shape=())
     with pytest.raises(UnsupportedForProofError, match="argmax"):
         build_circuit(program, tmp_path)
+
+
+def test_transformer_ops_are_refused_before_any_bound_is_guessed(tmp_path):
+    table = np.arange(-128, 128, dtype=np.int32) * 1000
+    program = Program(
+        name="norm",
+        inputs=(ValueSpec(name="x", dtype="int8", shape=(4,)),),
+        outputs=(ValueSpec(name="y", dtype="int32", shape=(4,)),),
+        nodes=(
+            Node(op="table", inputs=("x", "t"), output="wide"),
+            Node(op="layer_norm", inputs=("wide", "g", "b"), output="y", attrs={"eps": 0}),
+        ),
+        params={"t": table, "g": np.full(4, 64, np.int32), "b": np.zeros(4, np.int32)},
+    )
+    with pytest.raises(UnsupportedForProofError, match="layer_norm"):
+        build_circuit(program, tmp_path)
