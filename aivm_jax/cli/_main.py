@@ -101,6 +101,19 @@ def info(file: Path, as_json: bool) -> None:
             f"fidelity   {fid['metric']} on {fid['dataset']}: float {fid['float_accuracy_pct']}%, "
             f"integer {fid['integer_accuracy_pct']}%, agreement {fid['agreement_pct']}%"
         )
+    meta = program.metadata
+    if "embedding_fidelity" in meta:
+        f = meta["embedding_fidelity"]
+        lines.append(
+            f"fidelity   cosine to the float model on {f['dataset']}: mean "
+            f"{f['mean_cosine_ppm'] / 1e6:.4f}, min {f['min_cosine_ppm'] / 1e6:.4f}"
+        )
+    if "lm_fidelity" in meta:
+        f = meta["lm_fidelity"]
+        lines.append(
+            f"fidelity   held-out next-token agreement {f['agreement_ppm'] / 1e4:.2f}%, "
+            f"perplexity integer/float {f['perplexity_ratio_ppm'] / 1e6:.4f}"
+        )
     _emit(data, as_json, "\n".join(lines))
 
 

@@ -257,7 +257,7 @@ def build_minilm(progress: Callable[[str], None] = lambda _: None) -> Program:
         "pooling": "mean over attention_mask, then L2 normalization on the host",
         "calibration_sentences": len(CALIBRATION_SENTENCES),
         "embedding_fidelity": {
-            "dataset": "the calibration sentences, against the float model",
+            "dataset": f"the {len(CALIBRATION_SENTENCES)} calibration sentences",
             "mean_cosine_ppm": round(float(cosine.mean()) * 1e6),
             "min_cosine_ppm": round(float(cosine.min()) * 1e6),
         },
