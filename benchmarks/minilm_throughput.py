@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
 from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from _timing import machine_line, median_seconds
 
 import aivm_jax
 from aivm_jax.models import build
@@ -45,28 +43,6 @@ from aivm_jax.models._minilm import (
 from aivm_jax.runtime._infer import _compiled_for
 
 VISIBLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "minilm_visible.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _median_seconds(repeats: int, fn) -> float:
-    """Median wall time of ``fn()`` (results blocked on) after 2 warm-up calls."""
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _workloads(tokenizer):
@@ -103,10 +79,7 @@ def main() -> None:
     entry = _compiled_for(program)
     device_params = entry.params_on(None)
     st_model = _sentence_transformers()
-    print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} x {jax.devices()[0].platform}, "
-        f"jax {jax.__version__}; model {program.model_id[:18]}..."
-    )
+    print(f"{machine_line()}; model {program.model_id[:18]}...")
     header = (
         f"{'workload':11s} {'tokens':>6s} {'float jax':>10s} {'s-t torch':>10s} {'aivm jit':>9s} "
         f"{'vs jax':>7s} {'vs s-t':>7s} {'aivm embed':>11s} {'vs jax':>7s} {'vs s-t':>7s}"
@@ -119,13 +92,13 @@ def main() -> None:
         feeds = {"input_ids": jax.device_put(ids), "attention_mask": jax.device_put(mask)}
         n, repeats = len(texts), args.repeats
         rate = {
-            "jax": n / _median_seconds(repeats, partial(float_fn, ids, mask)),
-            "jit": n / _median_seconds(repeats, partial(entry.fn, device_params, feeds)),
-            "embed": n / _median_seconds(repeats, partial(aivm_jax.embed, program, texts)),
+            "jax": n / median_seconds(repeats, partial(float_fn, ids, mask), warmup=2),
+            "jit": n / median_seconds(repeats, partial(entry.fn, device_params, feeds), warmup=2),
+            "embed": n / median_seconds(repeats, partial(aivm_jax.embed, program, texts), warmup=2),
         }
         if st_model is not None:
             st_model.max_seq_length = ids.shape[1]
-            rate["st"] = n / _median_seconds(repeats, partial(st_model.encode, texts, batch_size=32))
+            rate["st"] = n / median_seconds(repeats, partial(st_model.encode, texts, batch_size=32), warmup=2)
         st = rate.get("st")
 
         def ratio(a, b):

@@ -11,13 +11,10 @@ transfer, per-row hashes). Ratios > 1 mean the AIVM is faster than float JAX.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
 
 import jax
 import numpy as np
+from _timing import machine_line, median_seconds
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
 from aivm_jax.models import (
@@ -32,37 +29,12 @@ from aivm_jax.runtime import infer
 from aivm_jax.runtime._infer import _compiled_for
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _median_seconds(repeats: int, fn, *args) -> float:
-    """Median wall time of ``fn(*args)`` (results blocked on) after 3 warm-up calls."""
-    for _ in range(3):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     data = load_digits_data()
-    print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} x {jax.devices()[0].platform}, "
-        f"jax {jax.__version__}"
-    )
+    print(machine_line())
     header = f"{'model':12s} {'batch':>5s} {'float jax (ex/s)':>17s} {'aivm jit (ex/s)':>16s} {'ratio':>6s} {'aivm infer (ex/s)':>18s} {'ratio':>6s}"
     print(header)
     print("-" * len(header))
@@ -77,9 +49,9 @@ def main() -> None:
             x_int = np.resize(data.x_test, (batch, 64)).reshape((batch, *recipe.input_shape))
             x_float = jax.device_put((x_int * PIXEL_SCALE).astype(np.float32))
             x_dev = {"x": jax.device_put(x_int)}
-            t_float = _median_seconds(args.repeats, float_fn, params, x_float)
-            t_jit = _median_seconds(args.repeats, entry.fn, device_params, x_dev)
-            t_infer = _median_seconds(args.repeats, infer, program, x_int)
+            t_float = median_seconds(args.repeats, float_fn, params, x_float)
+            t_jit = median_seconds(args.repeats, entry.fn, device_params, x_dev)
+            t_infer = median_seconds(args.repeats, infer, program, x_int)
             print(
                 f"{name:12s} {batch:5d} {batch / t_float:17,.0f} {batch / t_jit:16,.0f} {t_float / t_jit:6.2f} "
                 f"{batch / t_infer:18,.0f} {t_float / t_infer:6.2f}"
