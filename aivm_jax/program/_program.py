@@ -70,9 +70,12 @@ class ValueSpec:
             for axis, (got, top) in enumerate(zip(shape, self.shape))
         )
 
+    def dims(self) -> list[str]:
+        """Each axis as text: ``"384"``, or ``"<=256"`` for a dynamic one."""
+        return [f"<={d}" if axis in self.dynamic else str(d) for axis, d in enumerate(self.shape)]
+
     def describe(self) -> str:
-        dims = [f"<={d}" if axis in self.dynamic else str(d) for axis, d in enumerate(self.shape)]
-        return f"{self.dtype}[{', '.join(dims)}]"
+        return f"{self.dtype}[{', '.join(self.dims())}]"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}

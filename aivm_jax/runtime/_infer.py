@@ -98,7 +98,7 @@ def _checked_input(spec: ValueSpec, value: Any) -> np.ndarray:
             f"input {spec.name!r} must hold integers ({spec.dtype}), got dtype {array.dtype}.{hint}"
         )
     if array.ndim != len(spec.shape) + 1 or not spec.accepts_shape(tuple(array.shape[1:])):
-        dims = ", ".join(["batch", *spec.describe().split("[", 1)[1][:-1].split(", ")])
+        dims = ", ".join(["batch", *spec.dims()])
         raise InputShapeError(
             f"input {spec.name!r} must have shape ({dims}), got {array.shape}; "
             "add a leading batch axis for a single example"
