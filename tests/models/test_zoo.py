@@ -15,8 +15,8 @@ def built(zoo_name):
     return build(zoo_name)
 
 
-def test_zoo_lists_both_digits_models():
-    assert {"digits-mlp", "digits-cnn"} <= set(zoo_models())
+def test_zoo_lists_every_recipe():
+    assert set(zoo_models()) == {"digits-mlp", "digits-cnn", "minilm-l6", "char-gpt"}
 
 
 def test_integer_accuracy_meets_the_bar(built):
@@ -46,5 +46,5 @@ def test_build_matches_the_shipped_program(built, shipped_program):
 
 
 def test_unknown_zoo_name():
-    with pytest.raises(UnknownModelError, match="available: digits-cnn, digits-mlp"):
+    with pytest.raises(UnknownModelError, match="available: char-gpt, digits-cnn, digits-mlp, minilm-l6"):
         build("digits-transformer")
