@@ -27,76 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _float_onnx import float_onnx
 
 SRS_DIR = Path(tempfile.gettempdir()) / "aivm-bench-srs"
 MAX_DEFAULT_LOGROWS = 20  # keeps EZKL's own calibration within this machine's memory
-
-
-def _float_onnx(layers, params, input_shape) -> bytes:
-    """The float model as ONNX (NHWC input like the program; NCHW inside for Conv/pools)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from aivm_jax.quant import AvgPool, Conv, Dense, Flatten, MaxPool
-
-    nodes, inits, cur, nchw = [], [], "x", False
-
-    def const(name, value):
-        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def op(kind, inputs, out, **attrs):
-        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
-        return out
-
-    for i, layer in enumerate(layers):
-        p = params.get(f"layer_{i}", {})
-        if isinstance(layer, (Conv, MaxPool, AvgPool)) and not nchw:
-            cur, nchw = op("Transpose", [cur], f"t{i}", perm=[0, 3, 1, 2]), True
-        if isinstance(layer, (Dense, Flatten)) and nchw:
-            cur, nchw = op("Transpose", [cur], f"u{i}", perm=[0, 2, 3, 1]), False
-        if isinstance(layer, Dense):
-            cur = op(
-                "Add",
-                [op("MatMul", [cur, const(f"w{i}", p["kernel"])], f"mm{i}"), const(f"b{i}", p["bias"])],
-                f"d{i}",
-            )
-        elif isinstance(layer, Conv):
-            (t, b), (left, r) = layer.padding
-            w = np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1))
-            cur = op(
-                "Conv",
-                [cur, const(f"w{i}", w), const(f"b{i}", p["bias"])],
-                f"c{i}",
-                kernel_shape=list(layer.kernel),
-                strides=list(layer.strides),
-                pads=[t, left, b, r],
-                dilations=[1, 1],
-            )
-        elif isinstance(layer, MaxPool):
-            cur = op("MaxPool", [cur], f"m{i}", kernel_shape=list(layer.window), strides=list(layer.strides))
-        elif isinstance(layer, AvgPool):
-            cur = op(
-                "AveragePool", [cur], f"a{i}", kernel_shape=list(layer.window), strides=list(layer.strides)
-            )
-        elif isinstance(layer, Flatten):
-            cur = op("Reshape", [cur, _shape(inits, f"s{i}")], f"f{i}")
-        if getattr(layer, "relu", False):
-            cur = op("Relu", [cur], f"r{i}")
-    graph = helper.make_graph(
-        nodes,
-        "float",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *input_shape])],
-        [helper.make_tensor_value_info(cur, TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
-def _shape(inits, name):
-    from onnx import numpy_helper
-
-    inits.append(numpy_helper.from_array(np.array([1, -1], np.int64), name))
-    return name
 
 
 def _srs(logrows: int) -> Path:
@@ -213,7 +147,7 @@ def _ezkl_default(name: str, examples: int, queue) -> None:
         float_logits = np.asarray(SequentialNet(layers=recipe.layers).apply({"params": params}, x))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "m.onnx").write_bytes(_float_onnx(recipe.layers, params, recipe.input_shape))
+        (work / "m.onnx").write_bytes(float_onnx(recipe.layers, params, recipe.input_shape))
         calib = (data.x_train[:32] * PIXEL_SCALE).astype(np.float32).reshape(32, -1)
         (work / "cal.json").write_text(json.dumps({"input_data": [calib.reshape(-1).tolist()]}))
         (work / "in.json").write_text(json.dumps({"input_data": [x[0].reshape(-1).tolist()]}))

@@ -1,16 +1,21 @@
-"""Integer AIVM inference vs the same float Flax model in JAX, on the digits zoo models.
+"""Integer AIVM inference vs the same float model in JAX and vs onnxruntime running it quantized (QDQ int8).
 
     .venv/bin/python benchmarks/zoo_throughput.py [--repeats N]
 
-Both sides are jit-compiled once and timed on the same inputs in the same run
-(median of N timed calls after warm-up). "aivm jit" is the compiled integer
-program alone; "aivm infer" is the full `aivm_jax.infer` call (input checks,
-transfer, per-row hashes). Ratios > 1 mean the AIVM is faster than float JAX.
+Every contender runs in this process on the same inputs (median of N timed
+calls after warm-up). "aivm jit" is the compiled integer program alone; "aivm
+infer" is the full `aivm_jax.infer` call (input checks, transfer, per-row
+hashes). "ort qdq" is onnxruntime 1.31 on the float ONNX of the same recipe
+after `quantize_static` (QDQ, int8 per-channel weights, int8 activations,
+calibrated on 256 training images); it needs the benchmark extra
+(`pip install -e '.[bench]'`). Ratios are AIVM speed / peer speed (> 1: the AIVM is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import tempfile
 
 import jax
 import numpy as np
@@ -29,13 +34,51 @@ from aivm_jax.runtime import infer
 from aivm_jax.runtime._infer import _compiled_for
 
 
+def _ort_qdq_session(recipe, params, calibration: np.ndarray):
+    """onnxruntime session of the recipe's float model quantized to QDQ int8; None without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        return None
+    from _float_onnx import float_onnx
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(calibration[i : i + 1] for i in range(len(calibration)))
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {"x": row}
+
+    with tempfile.TemporaryDirectory() as work:
+        model = onnx.load_from_string(float_onnx(recipe.layers, params, recipe.input_shape, batch="batch"))
+        model.ir_version = 8  # what onnxruntime 1.31 reads
+        onnx.save(model, f"{work}/float.onnx")
+        quantize_static(
+            f"{work}/float.onnx",
+            f"{work}/qdq.onnx",
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        return ort.InferenceSession(f"{work}/qdq.onnx", providers=["CPUExecutionProvider"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     data = load_digits_data()
     print(machine_line())
-    header = f"{'model':12s} {'batch':>5s} {'float jax (ex/s)':>17s} {'aivm jit (ex/s)':>16s} {'ratio':>6s} {'aivm infer (ex/s)':>18s} {'ratio':>6s}"
+    header = (
+        f"{'model':12s} {'batch':>5s} {'float jax':>11s} {'ort qdq':>11s} {'aivm jit':>11s} {'vs jax':>7s} "
+        f"{'vs ort':>7s} {'aivm infer':>11s} {'vs jax':>7s} {'vs ort':>7s}"
+    )
+    print("examples per second")
     print(header)
     print("-" * len(header))
     for name, recipe in DIGITS_RECIPES.items():
@@ -45,17 +88,30 @@ def main() -> None:
         float_fn = jax.jit(lambda p, x, net=net: net.apply({"params": p}, x))
         entry = _compiled_for(program)
         device_params = entry.params_on(None)
+        calibration = (data.x_train[:256] * PIXEL_SCALE).astype(np.float32).reshape((-1, *recipe.input_shape))
+        session = _ort_qdq_session(recipe, params, calibration)
         for batch in (1, 256):
             x_int = np.resize(data.x_test, (batch, 64)).reshape((batch, *recipe.input_shape))
-            x_float = jax.device_put((x_int * PIXEL_SCALE).astype(np.float32))
+            x_host = (x_int * PIXEL_SCALE).astype(np.float32)
+            x_float = jax.device_put(x_host)
             x_dev = {"x": jax.device_put(x_int)}
-            t_float = median_seconds(args.repeats, float_fn, params, x_float)
-            t_jit = median_seconds(args.repeats, entry.fn, device_params, x_dev)
-            t_infer = median_seconds(args.repeats, infer, program, x_int)
+            rate = {
+                "jax": batch / median_seconds(args.repeats, float_fn, params, x_float),
+                "jit": batch / median_seconds(args.repeats, entry.fn, device_params, x_dev),
+                "infer": batch / median_seconds(args.repeats, infer, program, x_int),
+            }
+            if session is not None:
+                rate["ort"] = batch / median_seconds(args.repeats, session.run, None, {"x": x_host})
+            ort_rate = rate.get("ort", float("nan"))
             print(
-                f"{name:12s} {batch:5d} {batch / t_float:17,.0f} {batch / t_jit:16,.0f} {t_float / t_jit:6.2f} "
-                f"{batch / t_infer:18,.0f} {t_float / t_infer:6.2f}"
+                f"{name:12s} {batch:5d} {rate['jax']:11,.0f} {ort_rate:11,.0f} {rate['jit']:11,.0f} "
+                f"{rate['jit'] / rate['jax']:6.2f}x {rate['jit'] / ort_rate:6.2f}x {rate['infer']:11,.0f} "
+                f"{rate['infer'] / rate['jax']:6.2f}x {rate['infer'] / ort_rate:6.2f}x"
             )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of this process: {peak:.0f} MB (every contender, both models)")
+    if session is None:
+        print("onnxruntime not installed: pip install -e '.[bench]' to compare with it")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aivm_jax.ops._gemm import int8_matmul
+
 __all__ = [
     "add",
     "argmax",
@@ -54,13 +56,8 @@ __all__ = [
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """int8 ``(batch, ..., K)`` x int8 ``(K, N)`` -> int32 ``(batch, ..., N)``."""
-    return lax.dot_general(
-        x,
-        w,
-        dimension_numbers=(((x.ndim - 1,), (0,)), ((), ())),
-        preferred_element_type=jnp.int32,
-    )
+    """int8 ``(batch, ..., K)`` x int8 ``(K, N)`` -> int32 ``(batch, ..., N)`` by `int8_matmul`."""
+    return int8_matmul(x, w)
 
 
 def conv2d(x, w, *, strides: Sequence[int], padding: Sequence[Sequence[int]]) -> jax.Array:
@@ -204,9 +201,10 @@ def layer_norm(x, gamma, beta, *, eps: int) -> jax.Array:
 def batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """Batched ``dot_general`` over every leading axis; int8 x int8 accumulates in
     int32 directly, anything else is widened to int32 first (products wrap)."""
+    if a.dtype == jnp.int8 and b.dtype == jnp.int8:
+        return int8_matmul(a, b)
     batch = tuple(range(a.ndim - 2))
-    if a.dtype != jnp.int8 or b.dtype != jnp.int8:
-        a, b = a.astype(jnp.int32), b.astype(jnp.int32)
+    a, b = a.astype(jnp.int32), b.astype(jnp.int32)
     return lax.dot_general(
         a,
         b,

@@ -339,3 +339,28 @@ def test_mean_pool_rounds_half_up_and_skips_padding():
     mask = np.array([[1, 1, 0], [1, 1, 0]], np.int8)
     out = assert_lowering_matches("mean_pool", x, mask)
     np.testing.assert_array_equal(out, [[-2], [2]])  # -2.5 -> -2, 1.5 -> 2
+
+
+@given(st.data(), st.booleans())
+def test_int8_matmul_equals_the_int64_product(data, shared_weight):
+    from aivm_jax.quant import int8_matmul
+
+    m, k, n = (data.draw(st.integers(1, 6)) for _ in range(3))
+    a = data.draw(int8s((2, 3, m, k)))
+    b = data.draw(int8s((k, n) if shared_weight else (2, 3, k, n)))
+    expected = reference.wrap_int32(np.matmul(a.astype(np.int64), b.astype(np.int64)))
+    got = jax.jit(int8_matmul)(a, b)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_int8_matmul_refuses_other_dtypes_and_shapes():
+    import pytest
+
+    from aivm_jax import OpError
+    from aivm_jax.quant import int8_matmul
+
+    with pytest.raises(OpError, match="int8 operands"):
+        int8_matmul(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int8))
+    with pytest.raises(OpError, match="leading axes"):
+        int8_matmul(np.zeros((2, 2, 2), np.int8), np.zeros((3, 2, 2), np.int8))

@@ -1,0 +1,64 @@
+"""The exact int8 matrix product behind ``matmul`` and ``batch_matmul`` (int8 x int8 operands).
+
+``int8_matmul(a, b)``: int8 ``(..., M, K)`` x int8 ``(K, N)`` or ``(..., K, N)``
+-> int32 ``(..., M, N)``, equal bit for bit to the NumPy reference
+``wrap_int32(a.astype(int64) @ b.astype(int64))``.
+
+Why it is exact on every backend: the product is one ``dot_general`` with
+int8 operands and ``preferred_element_type=int32``, so XLA multiplies and
+accumulates in integer units only. Each product ``|a b| <= 2**14`` fits int32;
+an int32 sum of up to ``2**17`` of them cannot overflow, and beyond that it
+wraps modulo ``2**32``, which is what the semantics say; two's complement
+addition is associative, so no tiling, threading or reduction order can
+change a bit. No float unit is involved (a test asserts the compiled HLO has
+no float type).
+
+Which kernel runs, per backend:
+
+* CPU: XLA rewrites an s8 x s8 -> s32 dot into a YNNPACK fusion; on x86 with
+  AVX-512 VNNI that is ``VPDPBUSD`` (u8 x s8 with an exact 32-bit
+  accumulation, YNNPACK offsets the signed operand by 128 and corrects with
+  column sums). Measured against onnxruntime's ``MatMulInteger`` in
+  ``benchmarks/int8_gemm.py``.
+* GPU / TPU: XLA's own int8 dot (cuBLASLt IMMA, the MXU's int8 mode); not
+  measured on this project's machines yet.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from aivm_jax._errors import OpError
+
+__all__ = ["int8_matmul"]
+
+
+def int8_matmul(a, b) -> jax.Array:
+    """Exact int8 x int8 -> int32 matrix product over any leading batch axes (jit-able).
+
+    Args:
+      a: int8 array ``(..., M, K)`` (at least 2-D).
+      b: int8 array ``(K, N)``, shared by every leading index of ``a``, or
+        ``(..., K, N)`` with the same leading axes as ``a``.
+
+    Returns:
+      int32 ``(..., M, N)``; sums wrap modulo ``2**32`` (only possible for ``K > 2**17``).
+
+    Raises:
+      OpError: a dtype other than int8, or shapes that do not contract.
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.dtype != jnp.int8 or b.dtype != jnp.int8:
+        raise OpError(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise OpError(f"int8_matmul: {a.shape} and {b.shape} must be (..., M, K) and (K, N) or (..., K, N)")
+    if b.ndim == 2:
+        dims = (((a.ndim - 1,), (0,)), ((), ()))
+    elif a.shape[:-2] == b.shape[:-2]:
+        batch = tuple(range(a.ndim - 2))
+        dims = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
+    else:
+        raise OpError(f"int8_matmul: leading axes of {a.shape} and {b.shape} differ")
+    return lax.dot_general(a, b, dimension_numbers=dims, preferred_element_type=jnp.int32)
