@@ -119,16 +119,15 @@ def info(file: Path, as_json: bool) -> None:
 
 @main.command()
 @program_argument
-@input_option("Integer inputs with a leading batch axis: .npy or .json.")
+@input_option("Integer inputs with a leading batch axis: .npy or .json; .npz by input name.")
 @devices_option
 @json_option
 def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
     """Run a program on integer inputs; print outputs and their hashes."""
-    from aivm_jax.runtime import read_input_file
+    from aivm_jax.runtime import read_input_file, read_named_inputs
 
-    result = aivm_jax.infer(
-        file, read_input_file(input_path), devices=None if devices == "default" else "all"
-    )
+    read = read_named_inputs if input_path.suffix == ".npz" else read_input_file
+    result = aivm_jax.infer(file, read(input_path), devices=None if devices == "default" else "all")
     data = {
         "model_id": result.model_id,
         "output_hash": result.output_hash,

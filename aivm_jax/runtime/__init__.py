@@ -6,7 +6,7 @@ from aivm_jax.runtime._determinism import (
     determinism_report,
 )
 from aivm_jax.runtime._hashing import input_hash, output_hash, row_hashes, row_header
-from aivm_jax.runtime._host import quantize_input, read_input_file
+from aivm_jax.runtime._host import quantize_input, read_input_file, read_named_inputs
 from aivm_jax.runtime._infer import InferenceResult, infer
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "output_hash",
     "quantize_input",
     "read_input_file",
+    "read_named_inputs",
     "row_header",
     "row_hashes",
 ]

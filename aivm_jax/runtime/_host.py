@@ -15,7 +15,7 @@ import numpy as np
 
 from aivm_jax._errors import InputFileError
 
-__all__ = ["quantize_input", "read_input_file"]
+__all__ = ["quantize_input", "read_input_file", "read_named_inputs"]
 
 
 def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.ndarray:
@@ -59,3 +59,19 @@ def read_input_file(path: str | os.PathLike) -> np.ndarray:
     except (ValueError, OSError) as error:
         raise InputFileError(f"cannot read {path}: {error}") from None
     raise InputFileError(f"{path}: input files must end in .npy or .json")
+
+
+def read_named_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a multi-input inference input: an ``.npz`` with one array per input name (no pickles).
+
+    Raises:
+      InputFileError: the file is missing or is not a readable ``.npz``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"no input file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as error:
+        raise InputFileError(f"cannot read {path} as .npz: {error}") from None

