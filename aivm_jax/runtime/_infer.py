@@ -22,7 +22,7 @@ from aivm_jax._errors import (
 )
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import evaluate
-from aivm_jax.runtime._hashing import output_hash, row_hashes
+from aivm_jax.runtime._hashing import output_hash, row_digests
 
 __all__ = ["InferenceResult", "infer"]
 
@@ -207,11 +207,11 @@ def infer(
     else:
         raise ValueError(f"mode must be 'jit', 'eager' or 'reference', got {mode!r}")
     names = [s.name for s in program.outputs]
-    rows = row_hashes(program.model_id, names, outs)
+    digests = row_digests(program.model_id, names, outs)
     return InferenceResult(
         model_id=program.model_id,
         outputs=outs[0],
         named_outputs=dict(zip(names, outs)),
-        row_hashes=tuple(rows),
-        output_hash=output_hash(program.model_id, rows),
+        row_hashes=tuple("0x" + d.hex() for d in digests),
+        output_hash=output_hash(program.model_id, digests),
     )
