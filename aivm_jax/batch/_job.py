@@ -35,7 +35,7 @@ import numpy as np
 from aivm_jax._errors import BatchJobError, InputFileError, InputShapeError
 from aivm_jax.batch._merkle import merkle_root
 from aivm_jax.program import Program, load
-from aivm_jax.runtime import infer, output_hash, row_hashes
+from aivm_jax.runtime import infer, output_hash, read_input_file, read_named_inputs, row_hashes
 
 __all__ = ["BatchResult", "init_distributed", "read_batch_inputs", "run_batch"]
 
@@ -86,18 +86,13 @@ def read_batch_inputs(program: Program, path: str | os.PathLike) -> dict[str, np
     Raises:
       InputFileError: missing or unreadable file, or names that do not match the program's inputs.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"no input file at {path}")
     names = [s.name for s in program.inputs]
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        else:
-            arrays = {names[0]: np.load(path, mmap_mode="r")} if len(names) == 1 else {}
-    except (ValueError, OSError) as error:
-        raise InputFileError(f"{path} is not a NumPy .npy/.npz file: {error}") from None
+    path = Path(path)
+    if path.suffix == ".npz":
+        arrays = read_named_inputs(path)
+    else:
+        single = read_input_file(path, mmap=True)
+        arrays = {names[0]: single} if len(names) == 1 else {}
     if sorted(arrays) != sorted(names):
         raise InputFileError(
             f"{path} holds {sorted(arrays) or 'one array'}; the program's inputs are {names} "

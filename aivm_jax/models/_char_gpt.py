@@ -237,8 +237,8 @@ def quantize_char_gpt(params, vocab: str, cfg=CharGPTConfig) -> Program:
             feeds[name] = np.zeros((b, cfg.heads, 1, dh), np.int8)
     g = GraphBuilder("char-gpt", tuple(inputs), feeds)
     keep = np.ones((b, t, 1), bool)
-    g.param("wte", _table(g, params["wte"], "wte"))
-    g.param("wpe", _table(g, params["wpe"], "wpe"))
+    g.embedding_table("wte", params["wte"])
+    g.embedding_table("wpe", params["wpe"])
     g.op("gather", ["tokens", "wte"], "tok_emb", g.scales["wte"])
     g.op("gather", ["positions", "wpe"], "pos_emb", g.scales["wpe"])
     x = g.add("tok_emb", "pos_emb", "x0", keep=keep)
@@ -246,7 +246,7 @@ def quantize_char_gpt(params, vocab: str, cfg=CharGPTConfig) -> Program:
     outputs = []
     for layer, p in enumerate(params["layers"]):
         n = f"layer{layer}."
-        h = _norm(g, x, p["ln1"], n + "ln1", cfg)
+        h = _norm(g, x, p["ln1"], n + "ln1")
         x8 = g.smoothed_input(h, [p[c]["w"] for c in "qkv"], n + "x8", keep=keep, alpha=SMOOTHING)
         heads = {}
         for c in "qkv":
@@ -260,17 +260,15 @@ def quantize_char_gpt(params, vocab: str, cfg=CharGPTConfig) -> Program:
         )
         attn = g.linear(g.merge_heads(ctx, n + "ctx.merged"), p["o"]["w"], p["o"]["b"], n + "attn_out")
         x = g.add(x, attn, n + "residual1", keep=keep)
-        h = _norm(g, x, p["ln2"], n + "ln2", cfg)
+        h = _norm(g, x, p["ln2"], n + "ln2")
         x8 = g.smoothed_input(h, [p["up"]["w"]], n + "ffn_in8", keep=keep, alpha=SMOOTHING)
         up = g.linear(x8, p["up"]["w"], p["up"]["b"], n + "up")
-        real = g.real(up)
-        up8 = g.requantize(up, n + "up8", scale=max(real.max(), min(-real.min(), 4.0)) / 127.0)
-        act = g.table(up8, _gelu, n + "gelu", out_dtype="int32")
+        act = g.gelu(up, n + "up8", n + "gelu")
         act8 = g.smoothed_input(act, [p["down"]["w"]], n + "gelu8", keep=keep, alpha=SMOOTHING)
         down = g.linear(act8, p["down"]["w"], p["down"]["b"], n + "down")
         x = g.add(x, down, n + "residual2", keep=keep)
         outputs += [(f"new_k.{layer}", heads["k"]), (f"new_v.{layer}", heads["v"])]
-    h = _norm(g, x, params["ln_f"], "ln_f", cfg)
+    h = _norm(g, x, params["ln_f"], "ln_f")
     x8 = g.smoothed_input(h, [params["head"]["w"]], "head_in8", keep=keep, alpha=SMOOTHING)
     acc = g.linear(x8, params["head"]["w"], params["head"]["b"], "head")
     real = np.abs(g.real(acc)).max()
@@ -297,24 +295,8 @@ def quantize_char_gpt(params, vocab: str, cfg=CharGPTConfig) -> Program:
     return g.program(tuple(specs), metadata)
 
 
-def _table(g: GraphBuilder, table: np.ndarray, name: str) -> np.ndarray:
-    from aivm_jax.quant._numerics import quantize_weights
-
-    q, scales = quantize_weights(np.asarray(table))
-    g.scales[name] = scales
-    return q
-
-
-def _norm(g: GraphBuilder, x: str, p, output: str, cfg) -> str:
-    gamma, beta = np.asarray(p["g"]), np.asarray(p["b"])
-    bound = math.sqrt(cfg.width) * float(np.abs(gamma).max()) + float(np.abs(beta).max())
-    return g.layer_norm(x, gamma, beta, _EPS, output, scale=bound / 2**30)
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf  # scipy comes with scikit-learn
-
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+def _norm(g: GraphBuilder, x: str, p, output: str) -> str:
+    return g.layer_norm(x, p["g"], p["b"], _EPS, output)
 
 
 def char_gpt_fidelity(program: Program, params, vocab: str, cfg=CharGPTConfig) -> dict[str, int]:

@@ -145,11 +145,6 @@ def load_minilm_tokenizer():
     return tokenizer
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """The exact (erf) GELU, float64."""
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0), np))
-
-
 def minilm_float_embed(weights, input_ids, attention_mask, xp=np):
     """The float model (the peer the integer program is held against): ``(B, T) -> (B, 384)``.
 
@@ -207,12 +202,22 @@ def _erf(x, xp):
 
 
 def tokenize_batch(
-    tokenizer, texts: Sequence[str], length: int | None = None
+    tokenizer,
+    texts: Sequence[str],
+    length: int | None = None,
+    *,
+    multiple_of: int = 1,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded ``(input_ids int32, attention_mask int8)``, ``(B, T)``; ``T`` the longest or ``length``."""
+    """Right-padded ``(input_ids int32, attention_mask int8)``, ``(B, T)``.
+
+    ``T`` is ``length`` if given, else the longest text rounded up to a
+    multiple of ``multiple_of`` and capped at ``limit``.
+    """
     encodings = tokenizer.encode_batch(list(texts))
     longest = max(len(e.ids) for e in encodings)
-    t = longest if length is None else length
+    t = -(-longest // multiple_of) * multiple_of if length is None else length
+    t = t if limit is None else min(t, limit)
     ids = np.zeros((len(texts), t), np.int32)
     mask = np.zeros((len(texts), t), np.int8)
     for row, e in enumerate(encodings):
@@ -266,19 +271,10 @@ def build_minilm(progress: Callable[[str], None] = lambda _: None) -> Program:
     return g.program(outputs, metadata)
 
 
-def _quantized_table(g: GraphBuilder, table: np.ndarray, name: str) -> str:
-    from aivm_jax.quant._numerics import quantize_weights
-
-    q, scales = quantize_weights(table)  # per column of the embedding
-    g.param(name, q)
-    g.scales[name] = scales
-    return name
-
-
 def _embeddings(g: GraphBuilder, w, keep) -> None:
-    words = _quantized_table(g, w["embeddings.word_embeddings.weight"], "embeddings.words")
-    positions = _quantized_table(
-        g, w["embeddings.position_embeddings.weight"][:MINILM_MAX_TOKENS], "embeddings.positions"
+    words = g.embedding_table("embeddings.words", w["embeddings.word_embeddings.weight"])
+    positions = g.embedding_table(
+        "embeddings.positions", w["embeddings.position_embeddings.weight"][:MINILM_MAX_TOKENS]
     )
     g.op("gather", ["input_ids", words], "embeddings.word", g.scales[words])
     g.op("iota", ["input_ids"], "embeddings.position_ids")
@@ -291,10 +287,7 @@ def _embeddings(g: GraphBuilder, w, keep) -> None:
 
 
 def _norm(g: GraphBuilder, w, x: str, weight_name: str, output: str) -> str:
-    gamma, beta = w[weight_name + ".weight"], w[weight_name + ".bias"]
-    # |output| <= sqrt(D) |gamma| + |beta|: that bound maps to 2**30, so nothing saturates.
-    bound = math.sqrt(HIDDEN) * float(np.abs(gamma).max()) + float(np.abs(beta).max())
-    return g.layer_norm(x, gamma, beta, _LN_EPS, output, scale=bound / 2**30)
+    return g.layer_norm(x, w[weight_name + ".weight"], w[weight_name + ".bias"], _LN_EPS, output)
 
 
 def _encoder_layer(g: GraphBuilder, w, layer: int, h: str, keep) -> str:
@@ -326,10 +319,7 @@ def _encoder_layer(g: GraphBuilder, w, layer: int, h: str, keep) -> str:
     name = p + "intermediate.dense"
     x8 = g.smoothed_input(h1, [w[name + ".weight"].T], n + "ffn_in8", keep=keep, alpha=SMOOTHING)
     inner = g.linear(x8, w[name + ".weight"].T, w[name + ".bias"], n + "ffn_up")
-    # GELU is ~0 below -4: the int8 range covers [-4, max] instead of [min, max].
-    real = np.where(keep, g.real(inner), 0.0)
-    inner8 = g.requantize(inner, n + "ffn_up8", scale=max(real.max(), min(-real.min(), 4.0)) / 127.0)
-    act = g.table(inner8, _gelu, n + "gelu", out_dtype="int32")
+    act = g.gelu(inner, n + "ffn_up8", n + "gelu", keep=keep)
     name = p + "output.dense"
     act8 = g.smoothed_input(act, [w[name + ".weight"].T], n + "gelu8", keep=keep, alpha=SMOOTHING)
     out = g.linear(act8, w[name + ".weight"].T, w[name + ".bias"], n + "ffn_down")

@@ -25,7 +25,7 @@ from aivm_jax.ops import OPSET
 from aivm_jax.program import Node, Program, ValueSpec
 from aivm_jax.quant._numerics import quantize_bias, quantize_multiplier, quantize_weights
 
-__all__ = ["GraphBuilder", "exp2_table"]
+__all__ = ["GraphBuilder", "exp2_table", "gelu"]
 
 Scale = Any  # float, or np.ndarray of shape (N,) for per-channel scales
 
@@ -41,6 +41,17 @@ _ADD_MULTIPLIER_LIMIT = 2**30
 def exp2_table(bits: int = SOFTMAX_TABLE_BITS) -> np.ndarray:
     """``round(2**30 * 2**(-f / 2**bits))`` for ``f`` in ``0 .. 2**bits - 1`` (int32)."""
     return np.round(2.0**30 * 2.0 ** (-np.arange(2**bits) / 2**bits)).astype(np.int32)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact (erf) GELU in float64, ``0.5 x (1 + erf(x / sqrt 2))``; tables are built from it."""
+    from scipy.special import erf  # scipy comes with scikit-learn
+
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+GELU_FLOOR = 4.0
+"""GELU is ~0 below -4, so its int8 input only needs to reach -4 on the negative side."""
 
 
 def _per_channel(scale: Scale, n: int) -> np.ndarray:
@@ -104,6 +115,13 @@ class GraphBuilder:
             params=self.params,
             metadata=dict(metadata),
         )
+
+    def embedding_table(self, name: str, table: np.ndarray) -> str:
+        """Store a float ``(V, D)`` table as int8 with one scale per column; return its name."""
+        q, scales = quantize_weights(np.asarray(table))
+        self.param(name, q)
+        self.scales[name] = scales
+        return name
 
     # ------------------------------------------------------------------ layers
 
@@ -204,9 +222,25 @@ class GraphBuilder:
         return self.op("add", [a, b, *names], output, scale, out_dtype="int32")
 
     def layer_norm(
-        self, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float, output: str, *, scale: float
+        self,
+        x: str,
+        gamma: np.ndarray,
+        beta: np.ndarray,
+        eps: float,
+        output: str,
+        *,
+        scale: float | None = None,
     ) -> str:
-        """Integer layer norm of int32 ``x``; int32 output at ``scale`` (real units)."""
+        """Integer layer norm of int32 ``x``; int32 output at ``scale`` (real units).
+
+        By default the bound ``sqrt(D) max|gamma| + max|beta|`` of any output
+        maps to ``2**30``, so nothing saturates and ``gamma`` keeps ~30 bits.
+        """
+        gamma, beta = np.asarray(gamma), np.asarray(beta)
+        if scale is None:
+            d = self.value(x).shape[-1]
+            bound = math.sqrt(d) * float(np.abs(gamma).max()) + float(np.abs(beta).max())
+            scale = bound / 2**30
         in_scale = float(self.scales[x])
         g = np.round(np.asarray(gamma, np.float64) / scale)
         b = np.round(np.asarray(beta, np.float64) / scale)
@@ -234,6 +268,14 @@ class GraphBuilder:
         values = np.clip(np.round(real / scale), -limit - 1, limit).astype(out_dtype)
         self.param(f"{output}.table", values)
         return self.op("table", [x, f"{output}.table"], output, scale)
+
+    def gelu(self, x: str, int8_name: str, output: str, *, keep: np.ndarray | None = None) -> str:
+        """GELU of an int32 value: requantize to int8 over ``[-max(4, ...), max]``, then an int32 table."""
+        real = self.real(x)
+        if keep is not None:
+            real = np.where(keep, real, 0.0)
+        x8 = self.requantize(x, int8_name, scale=max(real.max(), min(-real.min(), GELU_FLOOR)) / 127.0)
+        return self.table(x8, gelu, output, out_dtype="int32")
 
     def heads(self, x: str, n_heads: int, output: str) -> str:
         """``(batch, T, H*dh) -> (batch, H, T, dh)``."""

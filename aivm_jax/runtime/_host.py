@@ -34,10 +34,11 @@ def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def read_input_file(path: str | os.PathLike) -> np.ndarray:
+def read_input_file(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     """Read an inference input from ``.npy`` (no pickles) or ``.json`` (nested lists of integers).
 
     The array is returned as read; `infer` checks its dtype, shape and range.
+    ``mmap=True`` maps a ``.npy`` instead of reading it (large batch jobs).
 
     Raises:
       InputFileError: the file is missing, has another suffix, or does not parse.
@@ -47,7 +48,7 @@ def read_input_file(path: str | os.PathLike) -> np.ndarray:
         raise InputFileError(f"no input file at {path}")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         if path.suffix == ".json":
             data = json.loads(path.read_text())
             if isinstance(data, dict) and "inputs" in data:

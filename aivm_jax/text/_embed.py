@@ -103,9 +103,7 @@ def embed(
     pooled, rows, counts = [], [], []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        ids, mask = tokenize_batch(tokenizer, chunk)
-        length = min(-(-ids.shape[1] // _BUCKET) * _BUCKET, limit)
-        ids, mask = tokenize_batch(tokenizer, chunk, length)
+        ids, mask = tokenize_batch(tokenizer, chunk, multiple_of=_BUCKET, limit=limit)
         result = infer(program, {"input_ids": ids, "attention_mask": mask}, mode=mode, devices=devices)
         pooled.append(result.outputs)
         rows.extend(result.row_hashes)
