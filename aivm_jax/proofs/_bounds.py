@@ -9,9 +9,11 @@ program whose int32 values could wrap, since a circuit computes exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from aivm_jax.program import Program
+from aivm_jax.program import Node, Program
 
 __all__ = ["program_bounds"]
 
@@ -22,11 +24,15 @@ def _abs_int(array: np.ndarray) -> np.ndarray:
     return np.abs(array.astype(np.int64))
 
 
-def program_bounds(program: Program) -> dict[str, int]:
-    """Value name -> an upper bound on ``|v|`` over every input the input dtypes allow."""
+def program_bounds(program: Program, nodes: Sequence[Node] | None = None) -> dict[str, int]:
+    """Value name -> an upper bound on ``|v|`` over every input the input dtypes allow.
+
+    ``nodes`` replaces the program's own node list (the circuit export's
+    rewritten order); parameters and inputs are the program's.
+    """
     bounds: dict[str, int] = {s.name: _INT_RANGE[s.dtype] for s in program.inputs}
     params = program.params
-    for node in program.nodes:
+    for node in program.nodes if nodes is None else nodes:
         first = bounds.get(node.inputs[0], 0)
         if node.op == "matmul":
             out = first * int(_abs_int(params[node.inputs[1]]).sum(axis=0).max())

@@ -5,20 +5,28 @@ export only has to (1) keep every constant exactly representable in float32
 (ONNX's tensor type) and (2) express each op with ONNX ops whose EZKL
 semantics are exact integer semantics. The tricks, op by op:
 
-* ``requantize``: ``M`` (31 bits) is split as ``Mhi * 2**16 + Mlo`` so that both
-  constants are exact in float32; per-channel shifts become one common shift
-  ``S = max(s)`` with the multiplier scaled by ``2**(S - s)`` (the same
-  quotient: ``floor(a / 2**s) == floor(a * 2**k / 2**(s + k))``); then
-  ``Add(2**(S-1))`` and a chain of ``Div(2**k) -> Floor`` steps, ``k <= DIV_BITS``
-  (EZKL range-checks the remainder of a ``Div`` by ``d`` in base ``d`` with
-  ``decomp_legs`` digits, so ``d`` must stay small), exact since
-  ``floor(floor(a / m) / n) == floor(a / (m n))``. A ``Div`` alone is not an
-  integer division in EZKL (it changes the fixed-point scale; rounding happens
-  later), so every step ends in ``Floor``.
-* ``bias_add``: int32 biases are split the same way into two exact constants.
-* ``conv2d`` / pools: NHWC is kept between ops; each conv or pool transposes
-  to NCHW and back. ``avg_pool`` sums with a 0/1 convolution, then
-  ``floor((2S + n) / 2n)`` by the same floor division.
+* ``requantize``: per-channel shifts become one common shift ``S = max(s)``
+  with the multiplier scaled by ``2**(S - s)`` (the same quotient:
+  ``floor(a / 2**s) == floor(a * 2**k / 2**(s + k))``). A bias read only by
+  the requantize joins its rounding offset, ``(x + b) M + 2^(S-1) == x M +
+  (b M + 2^(S-1))``. Constants of ``2**24`` or more are split into parts
+  exact in float32 (`_f32_parts`). Then a chain of ``Div(2**14) -> Floor``
+  steps, exact since ``floor(floor(a / m) / n) == floor(a / (m n))``; a
+  shorter last step multiplies its dividend up to the same divisor, so every
+  rounding in the circuit range-checks digits in base ``2**14``, the one table
+  EZKL's decompositions already use (each extra table costs about 65k gas to
+  verify). A ``Div`` alone is not an integer division in EZKL (it changes the
+  fixed-point scale; rounding happens later), so every step ends in ``Floor``.
+  An int8 result ends in ``Clip(-128, 127)``, or ``Clip(0, 127)`` with the
+  relu that followed it fused in (`_rewrite`).
+* ``conv2d``: ``Conv`` in NCHW, transposed in and out (layout costs no rows).
+  (An im2col ``MatMul`` lets EZKL check the product with Freivalds' trick in
+  about 15x fewer rows, but its extra challenge columns made the digits CNN's
+  proof slower and its verification dearer, so convolutions stay ``Conv``.)
+* ``max_pool``: ``MaxPool`` in NCHW, moved before the requantize that fed it
+  where that is exact (`_rewrite`).
+* ``avg_pool``: the window sum (a reshape and ``ReduceSum`` where windows tile
+  the image, else a 0/1 convolution), then ``floor((2S + n) / 2n)``.
 * ``table``: ``Gather(values, x + 128)``.
 
 Programs whose values could wrap int32 (by `program_bounds`) are refused:
@@ -33,12 +41,13 @@ from typing import Any
 import numpy as np
 
 from aivm_jax._errors import UnsupportedForProofError
-from aivm_jax.program import Program
+from aivm_jax.program import Node, Program
 from aivm_jax.proofs._bounds import program_bounds
+from aivm_jax.proofs._rewrite import circuit_nodes
 
 __all__ = ["ExportedCircuit", "export_onnx"]
 
-DIV_BITS = 13
+DIV_BITS = 14
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +110,20 @@ def _split16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi << 16, v - (hi << 16)
 
 
+def _f32_parts(values) -> list[np.ndarray]:
+    """Nonzero int64 arrays, each exact in float32, that sum to ``values`` (``|v| < 2**46``).
+
+    Below ``2**24`` a value is its own part; above, it splits into its bits
+    from 32 up, 16 to 31, and 0 to 15 (each at most 16 significant bits).
+    """
+    v = np.asarray(values, dtype=np.int64)
+    if np.abs(v).max(initial=0) < 2**24:
+        return [v] if v.any() else []
+    high = v >> 32 << 32
+    middle, low = _split16(v - high)
+    return [part for part in (high, middle, low) if part.any()]
+
+
 def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
     """``floor(x / d)`` for ``|x| <= bound``; returns the output and its bound.
 
@@ -109,7 +132,7 @@ def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
     ``2**DIV_BITS`` together with the numerator (``floor(a m / (d m)) ==
     floor(a / d)``), so that the remainder's range check needs few digits.
     """
-    scale = 2 ** max(0, DIV_BITS - divisor.bit_length())
+    scale = 2 ** max(0, DIV_BITS - (divisor - 1).bit_length())
     if scale > 1:
         x = g.op("Mul", [x, g.const(np.float32(scale), "scale")])
     g.divisions.append((divisor * scale, bound * scale))
@@ -125,6 +148,34 @@ def _floor_div_chain(g: _Graph, x: str, bits: int, bound: int) -> str:
         x, bound = _floor_div(g, x, 2**step, bound)
         bits -= step
     return x
+
+
+def _window_sum(g: _Graph, x: str, shape: tuple[int, ...], attrs) -> str:
+    """Sum over each unpadded pooling window of an NHWC value (batch 1).
+
+    Windows that tile the image (window == strides, sizes divisible) are a
+    reshape and a ``ReduceSum``, a few rows per element; other windows are a
+    0/1 convolution, one multiplication per window element and channel pair.
+    """
+    if attrs["padding"] != ((0, 0), (0, 0)):
+        raise UnsupportedForProofError("avg_pool with padding is not exported yet")
+    (height, width, channels), (wh, ww) = shape, attrs["window"]
+    if tuple(attrs["strides"]) == (wh, ww) and height % wh == 0 and width % ww == 0:
+        tiles = g.const(np.array([1, height // wh, wh, width // ww, ww, channels]), "tiles", dtype=np.int64)
+        axes = g.const(np.array([2, 4]), "window_axes", dtype=np.int64)
+        return g.op("ReduceSum", [g.op("Reshape", [x, tiles]), axes], keepdims=0)
+    ones = np.zeros((channels, channels, wh, ww), np.float32)
+    ones[np.arange(channels), np.arange(channels)] = 1.0
+    nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
+    total = g.op(
+        "Conv",
+        [nchw, g.const(ones, "sum_kernel")],
+        kernel_shape=[wh, ww],
+        strides=list(attrs["strides"]),
+        pads=[0, 0, 0, 0],
+        dilations=[1, 1],
+    )
+    return g.op("Transpose", [total], perm=[0, 2, 3, 1])
 
 
 EXPORTABLE_OPS = frozenset(
@@ -155,7 +206,8 @@ def export_onnx(program: Program) -> ExportedCircuit:
     missing = sorted({node.op for node in program.nodes} - EXPORTABLE_OPS)
     if missing:
         raise UnsupportedForProofError(f"no exact circuit yet for the op(s) {', '.join(missing)}")
-    bounds = program_bounds(program)
+    nodes = circuit_nodes(program)
+    bounds = program_bounds(program, nodes)
     for name, bound in bounds.items():
         if bound >= 2**31:
             raise UnsupportedForProofError(
@@ -164,9 +216,20 @@ def export_onnx(program: Program) -> ExportedCircuit:
             )
     g = _Graph()
     values = {program.inputs[0].name: program.inputs[0].name}
+    readers: dict[str, list[Node]] = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    folded_biases = {  # bias_add output -> its bias, for each bias_add read only by one requantize
+        node.output: program.params[node.inputs[1]]
+        for node in nodes
+        if node.op == "bias_add"
+        and [r.op for r in readers.get(node.output, [])] == ["requantize"]
+        and node.output not in {spec.name for spec in program.outputs}
+    }
     uses_tables = False
     P = program.params
-    for node in program.nodes:
+    for node in nodes:
         x = values[node.inputs[0]]
         bound = bounds[node.inputs[0]]
         a = node.attrs
@@ -186,10 +249,12 @@ def export_onnx(program: Program) -> ExportedCircuit:
             )
             out = g.op("Transpose", [conv], perm=[0, 2, 3, 1])
         elif node.op == "bias_add":
-            hi, lo = _split16(P[node.inputs[1]])
-            out = g.op("Add", [x, g.const(lo, "bias_lo")])
-            if hi.any():
-                out = g.op("Add", [out, g.const(hi, "bias_hi")])
+            if node.output in folded_biases:  # added inside the requantize that consumes it
+                out = x
+            else:
+                out = x
+                for part in _f32_parts(P[node.inputs[1]]):
+                    out = g.op("Add", [out, g.const(part, "bias")])
         elif node.op == "requantize":
             m = P[node.inputs[1]].astype(np.int64)
             s = P[node.inputs[2]].astype(np.int64)
@@ -197,16 +262,17 @@ def export_onnx(program: Program) -> ExportedCircuit:
             m_scaled = m << (common - s)  # exact: the same quotient at the common shift
             if np.abs(m_scaled).max(initial=0) >= 2**46:
                 raise UnsupportedForProofError(f"{node.output}: per-channel shifts differ too much")
-            hi, mid = m_scaled >> 32 << 32, m_scaled - (m_scaled >> 32 << 32)
-            mid_hi, lo = _split16(mid)
-            terms = [g.op("Mul", [x, g.const(part, "mult")]) for part in (hi, mid_hi, lo) if part.any()]
-            out = terms[0]
+            terms = [g.op("Mul", [x, g.const(part, "mult")]) for part in _f32_parts(m_scaled)]
+            out = terms[0] if terms else g.op("Mul", [x, g.const(np.float32(0), "zero")])
             for term in terms[1:]:
                 out = g.op("Add", [out, term])
-            if not terms:
-                out = g.op("Mul", [x, g.const(np.float32(0), "zero")])
+            # (x + b) * M + 2^(S-1) == x * M + (b * M + 2^(S-1)): one offset for the bias and the rounding
+            offset = np.int64(2 ** (common - 1)) if common > 0 else np.int64(0)
+            if node.inputs[0] in folded_biases:
+                offset = offset + folded_biases[node.inputs[0]].astype(np.int64) * m_scaled
+            for part in _f32_parts(offset):
+                out = g.op("Add", [out, g.const(part, "offset")])
             if common > 0:
-                out = g.op("Add", [out, g.const(np.float32(2 ** (common - 1)), "half")])
                 dividend = bound * int(np.abs(m_scaled).max()) + 2 ** (common - 1)
                 if dividend >= 2**53:
                     raise UnsupportedForProofError(
@@ -214,7 +280,8 @@ def export_onnx(program: Program) -> ExportedCircuit:
                     )
                 out = _floor_div_chain(g, out, common, dividend)
             if a["out_dtype"] == "int8":
-                out = g.op("Clip", [out, g.const(np.float32(-128), "lo"), g.const(np.float32(127), "hi")])
+                low = 0 if a.get("fused_relu") else -128  # relu(clip(q, -128, 127)) == clip(q, 0, 127)
+                out = g.op("Clip", [out, g.const(np.float32(low), "lo"), g.const(np.float32(127), "hi")])
             elif bounds[node.output] >= 2**31 - 1:
                 raise UnsupportedForProofError(f"{node.output}: int32 saturation is not exported")
         elif node.op == "relu":
@@ -224,29 +291,18 @@ def export_onnx(program: Program) -> ExportedCircuit:
             table = P[node.inputs[1]]
             index = g.op("Add", [x, g.const(np.float32(128), "offset")])
             out = g.op("Gather", [g.const(table, "table"), index], axis=0)
-        elif node.op in ("max_pool", "avg_pool"):
+        elif node.op == "max_pool":
             if a["padding"] != ((0, 0), (0, 0)):
                 raise UnsupportedForProofError(f"{node.op} with padding is not exported yet")
             nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
-            if node.op == "max_pool":
-                pooled = g.op("MaxPool", [nchw], kernel_shape=list(a["window"]), strides=list(a["strides"]))
-            else:
-                channels = program.value_shape(node.inputs[0])[-1]
-                n = a["window"][0] * a["window"][1]
-                ones = np.zeros((channels, channels, *a["window"]), np.float32)
-                ones[np.arange(channels), np.arange(channels)] = 1.0
-                total = g.op(
-                    "Conv",
-                    [nchw, g.const(ones, "sum_kernel")],
-                    kernel_shape=list(a["window"]),
-                    strides=list(a["strides"]),
-                    pads=[0, 0, 0, 0],
-                    dilations=[1, 1],
-                )
-                doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
-                shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
-                pooled, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
+            pooled = g.op("MaxPool", [nchw], kernel_shape=list(a["window"]), strides=list(a["strides"]))
             out = g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
+        elif node.op == "avg_pool":
+            n = a["window"][0] * a["window"][1]
+            total = _window_sum(g, x, program.value_shape(node.inputs[0]), a)
+            doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
+            shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
+            out, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
         elif node.op in ("reshape", "flatten"):
             shape = (
                 a["shape"] if node.op == "reshape" else (int(np.prod(program.value_shape(node.inputs[0]))),)

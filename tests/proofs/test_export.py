@@ -11,6 +11,7 @@ import aivm_jax
 from aivm_jax import Node, Program, UnsupportedForProofError, ValueSpec
 from aivm_jax.proofs import build_circuit, field_element, program_bounds
 from aivm_jax.proofs._ezkl import call
+from aivm_jax.proofs._rewrite import circuit_nodes
 
 
 def witness_outputs(files, x_row: np.ndarray, tmp_path) -> list[str]:
@@ -128,3 +129,51 @@ def test_transformer_ops_are_refused_before_any_bound_is_guessed(tmp_path):
     )
     with pytest.raises(UnsupportedForProofError, match="layer_norm"):
         build_circuit(program, tmp_path)
+
+
+@pytest.mark.slow
+def test_strided_padded_convs_and_overlapping_pools_export_exactly(tmp_path):
+    """The im2col conv with strides and padding, a 2x2 max pool moved before its requantize, an
+    overlapping average pool (the 0/1-convolution path) and a bias folded into the rounding offset."""
+    rng = np.random.default_rng(7)
+    program = Program(
+        name="strided",
+        inputs=(ValueSpec(name="x", dtype="int8", shape=(7, 7, 2)),),
+        outputs=(ValueSpec(name="y", dtype="int8", shape=(1, 2, 3)),),
+        nodes=(
+            Node(
+                op="conv2d",
+                inputs=("x", "w"),
+                output="c",
+                attrs={"strides": (2, 2), "padding": ((1, 0), (0, 1))},
+            ),
+            Node(op="bias_add", inputs=("c", "b"), output="cb"),
+            Node(op="requantize", inputs=("cb", "m", "s"), output="q", attrs={"out_dtype": "int8"}),
+            Node(op="relu", inputs=("q",), output="r"),
+            Node(
+                op="max_pool",
+                inputs=("r",),
+                output="p",
+                attrs={"window": (2, 2), "strides": (1, 1), "padding": ((0, 0), (0, 0))},
+            ),
+            Node(
+                op="avg_pool",
+                inputs=("p",),
+                output="y",
+                attrs={"window": (2, 2), "strides": (1, 1), "padding": ((0, 0), (0, 0))},
+            ),
+        ),
+        params={
+            "w": rng.integers(-128, 128, (3, 2, 2, 3)).astype(np.int8),
+            "b": rng.integers(-(2**12), 2**12, 3).astype(np.int32),
+            "m": np.array([23000, 17000, 30000], np.int32),
+            "s": np.array([13, 12, 14], np.int32),
+        },
+    )
+    assert [n.op for n in circuit_nodes(program)][:2] == ["conv2d", "max_pool"]
+    files = build_circuit(program, tmp_path / "circuit")
+    x = edge_inputs(program, 8, seed=2)
+    expected = aivm_jax.infer(program, x).outputs
+    for row, want in zip(x, expected):
+        assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
+    assert len({tuple(r.reshape(-1)) for r in expected}) > 3
