@@ -379,6 +379,7 @@ def prove_setup(file: Path, srs: Path | None, dev_srs: bool, cache_dir: Path | N
         "model_id": keys.model_id,
         "vk_sha256": keys.vk_sha256,
         "logrows": keys.logrows,
+        "circuit_version": keys.circuit_version,
         "srs": str(keys.srs_path),
         "dev_srs": keys.dev_srs,
         "keys": str(keys.directory),

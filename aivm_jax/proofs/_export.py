@@ -45,9 +45,14 @@ from aivm_jax.program import Node, Program
 from aivm_jax.proofs._bounds import program_bounds
 from aivm_jax.proofs._rewrite import circuit_nodes
 
-__all__ = ["ExportedCircuit", "export_onnx"]
+__all__ = ["CIRCUIT_VERSION", "ExportedCircuit", "export_onnx"]
 
 DIV_BITS = 14
+
+CIRCUIT_VERSION = 2
+"""Which export this module writes; it goes up whenever the circuit of an unchanged program
+changes (2: one 2^14 range table, exact rewrites, folded biases). Keys record it, and `setup`
+makes new keys when the cached ones were made from another version."""
 
 
 @dataclasses.dataclass(frozen=True)

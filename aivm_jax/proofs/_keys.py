@@ -7,7 +7,8 @@ Cache layout (``cache_dir`` defaults to ``$AIVM_CACHE_DIR`` or ``~/.cache/aivm``
 
 ``keys.json`` records the model id, the SHA-256 of the verifying key (which
 binds the weights: they are fixed columns of the circuit), of the settings and
-of the SRS, and whether the SRS is a development one. A setup is written into a
+of the SRS, whether the SRS is a development one, and the circuit version
+(`CIRCUIT_VERSION`: keys made for another export are made again). A setup is written into a
 temporary folder and renamed into place, so a crash never leaves half a key set.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from aivm_jax._errors import KeysNotFoundError, ProofError, SrsError
 from aivm_jax.program import Program
 from aivm_jax.proofs._circuit import CircuitFiles, build_circuit
+from aivm_jax.proofs._export import CIRCUIT_VERSION
 from aivm_jax.proofs._ezkl import call, ezkl_version, step
 
 __all__ = ["DEV_SRS_WARNING", "ProvingKeys", "default_cache_dir", "load_keys", "setup"]
@@ -59,6 +61,7 @@ class ProvingKeys:
     dev_srs: bool
     vk_sha256: str
     settings_sha256: str
+    circuit_version: int
 
     @property
     def circuit(self) -> CircuitFiles:
@@ -99,6 +102,7 @@ def load_keys(model_id: str, cache_dir: Path | None = None) -> ProvingKeys:
         dev_srs=meta["dev_srs"],
         vk_sha256=meta["vk_sha256"],
         settings_sha256=meta["settings_sha256"],
+        circuit_version=int(meta.get("circuit_version", 1)),  # keys from before the field are version 1
     )
 
 
@@ -144,7 +148,15 @@ def setup(
         existing = load_keys(program.model_id, cache)
     except KeysNotFoundError:
         existing = None
-    if existing is not None and (srs_path is None or srs_path == existing.srs_path) and existing.pk.exists():
+    if existing is not None and existing.circuit_version != CIRCUIT_VERSION:
+        progress(
+            f"the cached keys of {program.model_id} were made for circuit version "
+            f"{existing.circuit_version}; this aivm_jax exports version {CIRCUIT_VERSION}: making new keys "
+            "(register the new verifying key artifact wherever the old one is registered)"
+        )
+    elif (
+        existing is not None and (srs_path is None or srs_path == existing.srs_path) and existing.pk.exists()
+    ):
         progress(f"reusing proving keys in {existing.directory}")
         return existing
     final = _keys_dir(program.model_id, cache)
@@ -180,6 +192,7 @@ def setup(
             "dev_srs": bool(dev_srs),
             "vk_sha256": _sha256(work / "vk.key"),
             "settings_sha256": _sha256(files.settings),
+            "circuit_version": CIRCUIT_VERSION,
             "ezkl_version": ezkl_version(),
         }
         (work / "keys.json").write_text(json.dumps(meta, indent=1) + "\n")

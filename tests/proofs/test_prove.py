@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import aivm_jax
 from aivm_jax import InvalidProofError, KeysNotFoundError, SrsError, proofs
 from aivm_jax.conformance import DATA_DIR
+from aivm_jax.proofs._export import CIRCUIT_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +118,25 @@ def test_prove_needs_one_row(programs, keys, proof_cache):
     x = np.load(DATA_DIR / "digits-mlp.inputs.npy")[:2]
     with pytest.raises(aivm_jax.InputShapeError, match="one row"):
         proofs.prove(programs["digits-mlp"], x, cache_dir=proof_cache)
+
+
+@pytest.mark.slow
+def test_setup_makes_new_keys_when_the_cached_ones_are_from_another_circuit_version(programs, tmp_path):
+    program = programs["digits-mlp"]
+    first = proofs.setup(program, dev_srs=True, cache_dir=tmp_path)
+    assert first.circuit_version == CIRCUIT_VERSION
+    meta_path = first.directory / "keys.json"
+    meta = json.loads(meta_path.read_text())
+    meta["circuit_version"] = CIRCUIT_VERSION - 1
+    meta_path.write_text(json.dumps(meta))
+    assert proofs.load_keys(program.model_id, tmp_path).circuit_version == CIRCUIT_VERSION - 1
+    messages: list[str] = []
+    again = proofs.setup(program, dev_srs=True, cache_dir=tmp_path, progress=messages.append)
+    assert any("circuit version" in m for m in messages)
+    assert not any(m.startswith("reusing") for m in messages)
+    assert again.circuit_version == CIRCUIT_VERSION
+    assert (
+        proofs.setup(program, dev_srs=True, cache_dir=tmp_path, progress=messages.append).directory
+        == again.directory
+    )
+    assert messages[-1].startswith("reusing")
