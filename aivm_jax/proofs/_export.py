@@ -47,7 +47,7 @@ from aivm_jax.proofs._rewrite import circuit_nodes
 
 __all__ = ["CIRCUIT_VERSION", "ExportedCircuit", "export_onnx"]
 
-DIV_BITS = 14
+DIV_BITS = 14  # = EZKL's default decomp_base 2**14, so a Floor's digits share its range table
 
 CIRCUIT_VERSION = 2
 """Which export this module writes; it goes up whenever the circuit of an unchanged program
@@ -254,10 +254,8 @@ def export_onnx(program: Program) -> ExportedCircuit:
             )
             out = g.op("Transpose", [conv], perm=[0, 2, 3, 1])
         elif node.op == "bias_add":
-            if node.output in folded_biases:  # added inside the requantize that consumes it
-                out = x
-            else:
-                out = x
+            out = x  # a folded bias is added inside the requantize that reads it
+            if node.output not in folded_biases:
                 for part in _f32_parts(P[node.inputs[1]]):
                     out = g.op("Add", [out, g.const(part, "bias")])
         elif node.op == "requantize":
