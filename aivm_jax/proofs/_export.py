@@ -10,15 +10,17 @@ semantics are exact integer semantics. The tricks, op by op:
   ``floor(a / 2**s) == floor(a * 2**k / 2**(s + k))``). A bias read only by
   the requantize joins its rounding offset, ``(x + b) M + 2^(S-1) == x M +
   (b M + 2^(S-1))``. Constants of ``2**24`` or more are split into parts
-  exact in float32 (`_f32_parts`). Then a chain of ``Div(2**14) -> Floor``
-  steps, exact since ``floor(floor(a / m) / n) == floor(a / (m n))``; a
-  shorter last step multiplies its dividend up to the same divisor, so every
-  rounding in the circuit range-checks digits in base ``2**14``, the one table
-  EZKL's decompositions already use (each extra table costs about 65k gas to
-  verify). A ``Div`` alone is not an integer division in EZKL (it changes the
-  fixed-point scale; rounding happens later), so every step ends in ``Floor``.
-  An int8 result ends in ``Clip(-128, 127)``, or ``Clip(0, 127)`` with the
-  relu that followed it fused in (`_rewrite`).
+  exact in float32 (`_f32_parts`). Then a chain of floor divisions by
+  ``2**14`` (`_floor_div`), exact since ``floor(floor(a / m) / n) ==
+  floor(a / (m n))``; a shorter last step multiplies its dividend up to the
+  same divisor. Every rounding in the circuit thus range-checks digits in base
+  ``2**14``, the one table EZKL's decompositions already use, and no op needs
+  EZKL's boolean gadgets and their {0, 1} table (each extra table costs about
+  65k gas to verify). A ``Div`` alone is not an integer division in EZKL (it
+  changes the fixed-point scale; the rescale back to integers checks only
+  ``|x - q d| < d``), which is why each step corrects ``q`` by its remainder.
+  An int8 result is clipped to [-128, 127], or to [0, 127] with the relu that
+  followed it fused in (`_rewrite`); a clip is two relus (`_clip`).
 * ``conv2d``: ``Conv`` in NCHW, transposed in and out (layout costs no rows).
   (An im2col ``MatMul`` lets EZKL check the product with Freivalds' trick in
   about 15x fewer rows, but its extra challenge columns made the digits CNN's
@@ -47,11 +49,12 @@ from aivm_jax.proofs._rewrite import circuit_nodes
 
 __all__ = ["CIRCUIT_VERSION", "ExportedCircuit", "export_onnx"]
 
-DIV_BITS = 14  # = EZKL's default decomp_base 2**14, so a Floor's digits share its range table
+DIV_BITS = 14  # = EZKL's default decomp_base 2**14, so a division's digits share its range table
 
 CIRCUIT_VERSION = 2
 """Which export this module writes; it goes up whenever the circuit of an unchanged program
-changes (2: one 2^14 range table, exact rewrites, folded biases). Keys record it, and `setup`
+changes (2: one 2^14 range table, floors and clips from relus, exact
+rewrites, folded biases). Keys record it, and `setup`
 makes new keys when the cached ones were made from another version."""
 
 
@@ -129,19 +132,53 @@ def _f32_parts(values) -> list[np.ndarray]:
     return [part for part in (high, middle, low) if part.any()]
 
 
+def _clip(g: _Graph, x: str, low: int, high: int) -> str:
+    """``clip(x, low, high)`` as ``high - relu(high - (low + relu(x - low)))``.
+
+    The same integers as ``Clip``, in about 25% fewer circuit rows for [0, 127]
+    and 35% fewer for [-128, 127]: EZKL lays ``Clip`` out as a sort with
+    boolean gadgets, a relu as one sign decomposition.
+    """
+    at_least_low = g.op(
+        "Add",
+        [g.op("Relu", [g.op("Sub", [x, g.const(np.float32(low), "low")])]), g.const(np.float32(low), "low")],
+    )
+    high_const = g.const(np.float32(high), "high")
+    return g.op("Sub", [high_const, g.op("Relu", [g.op("Sub", [high_const, at_least_low])])])
+
+
 def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
     """``floor(x / d)`` for ``|x| <= bound``; returns the output and its bound.
 
-    EZKL keeps a ``Div`` by a constant exact (as a rescale) and ``Floor`` then
-    rounds towards minus infinity. A small divisor is scaled up to about
-    ``2**DIV_BITS`` together with the numerator (``floor(a m / (d m)) ==
-    floor(a / d)``), so that the remainder's range check needs few digits.
+    A small divisor is first scaled up to ``2**DIV_BITS`` together with the
+    numerator (``floor(a m / (d m)) == floor(a / d)``). Then, with ``k d >
+    bound`` so that ``y = x + k d`` is positive:
+
+    * ``Div(y, d)`` only moves the fixed-point scale, and the ``Relu`` after it
+      (the identity on ``y >= 0``) makes EZKL rescale back to integers. That
+      rescale proves ``|y - q d| < d``: ``q`` is ``floor(y / d)`` or, when ``d``
+      does not divide ``y``, possibly ``floor(y / d) + 1``, at the prover's choice.
+    * ``r = y - q d`` is in ``[0, d)`` for the first and negative for the
+      second, so ``q - (r < 0)`` is ``floor(y / d)`` either way, and
+      ``floor(y / d) - k == floor(x / d)``.
+
+    ``Less`` and ``Relu`` are sign decompositions; EZKL's ``Floor`` would need
+    its boolean gadgets and their own {0, 1} range table, which costs about 65k
+    gas per verification and about 1.2x proving time on the digits models.
     """
     scale = 2 ** max(0, DIV_BITS - (divisor - 1).bit_length())
     if scale > 1:
         x = g.op("Mul", [x, g.const(np.float32(scale), "scale")])
-    g.divisions.append((divisor * scale, bound * scale))
-    out = g.op("Floor", [g.op("Div", [x, g.const(np.float32(divisor * scale), "divisor")])])
+    d, dividend_bound = divisor * scale, bound * scale
+    k = dividend_bound // d + 1
+    for part in _f32_parts(np.int64(k * d)):
+        x = g.op("Add", [x, g.const(part, "positive")])
+    g.divisions.append((d, dividend_bound + k * d))
+    d_const = g.const(np.float32(d), "divisor")
+    q = g.op("Relu", [g.op("Div", [x, d_const])])
+    remainder = g.op("Sub", [x, g.op("Mul", [q, d_const])])
+    negative = g.op("Cast", [g.op("Less", [remainder, g.const(np.float32(0), "zero")])], to=1)
+    out = g.op("Sub", [q, g.op("Add", [negative, g.const(np.float32(k), "k")])])
     return out, bound // divisor + 1
 
 
@@ -284,7 +321,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
                 out = _floor_div_chain(g, out, common, dividend)
             if a["out_dtype"] == "int8":
                 low = 0 if a.get("fused_relu") else -128  # relu(clip(q, -128, 127)) == clip(q, 0, 127)
-                out = g.op("Clip", [out, g.const(np.float32(low), "lo"), g.const(np.float32(127), "hi")])
+                out = _clip(g, out, low, 127)
             elif bounds[node.output] >= 2**31 - 1:
                 raise UnsupportedForProofError(f"{node.output}: int32 saturation is not exported")
         elif node.op == "relu":
