@@ -113,7 +113,7 @@ MAX_LOGROWS = 22
 MAX_COLUMN_SETS_LOG2 = 2
 """A circuit of ``R`` rows gets at least ``2**logrows >= R / 4``: EZKL folds rows beyond
 ``2**logrows`` into more columns, and every column costs verification gas. Measured on
-digits-cnn (174k rows): 4 column sets (2^16) prove as fast as 6 (2^15) and verify for
+digits-cnn (174k rows, before relu floors): 4 column sets (2^16) prove as fast as 6 (2^15) and verify for
 2.0M gas instead of 3.4M; 1 set (2^18) verifies for 1.0M but proves 1.7x slower."""
 
 

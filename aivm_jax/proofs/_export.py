@@ -164,7 +164,7 @@ def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
 
     ``Less`` and ``Relu`` are sign decompositions; EZKL's ``Floor`` would need
     its boolean gadgets and their own {0, 1} range table, which costs about 65k
-    gas per verification and about 1.2x proving time on the digits models.
+    gas per verification and about 1.15x proving time on digits-mlp.
     """
     scale = 2 ** max(0, DIV_BITS - (divisor - 1).bit_length())
     if scale > 1:
