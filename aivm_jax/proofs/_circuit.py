@@ -14,8 +14,6 @@ from aivm_jax.proofs._ezkl import call, ezkl
 
 __all__ = ["CircuitFiles", "build_circuit", "circuit_run_args"]
 
-DECOMP_BASE_BITS = 14  # EZKL's default decomp_base is 2**14
-
 
 @dataclasses.dataclass(frozen=True)
 class CircuitFiles:
@@ -53,9 +51,9 @@ def circuit_run_args(program: Program) -> tuple[bytes, dict[str, object]]:
     * scales 0: every tensor holds integers, represented exactly;
     * visibility: input and output public (they are the proof's claim), weights
       fixed (baked into the circuit, so the verifying key binds them);
-    * ``decomp_legs``: digits enough for every ``Div``'s dividend in base its
-      divisor (EZKL range-checks the remainder that way) and for the largest
-      value compared (base ``2**14``);
+    * ``decomp_legs``: digits enough for every division's dividend in base its
+      divisor and for the largest value compared, in EZKL's decomposition base
+      ``2**DIV_BITS`` (every division divides by exactly that);
     * ``lookup_range``: the range of table indices (0..255) when the program
       uses ``table``, else the int8 range.
     """
@@ -63,7 +61,7 @@ def circuit_run_args(program: Program) -> tuple[bytes, dict[str, object]]:
     legs = max(
         2,
         *(_digits(divisor, bound) for divisor, bound in exported.divisions),
-        _digits(2**DECOMP_BASE_BITS, exported.max_value),
+        _digits(2**DIV_BITS, exported.max_value),
     )
     args = {
         "input_scale": 0,
