@@ -19,6 +19,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -c "import aivm_jax" # fails loudly if the install did not work
   echo "$want" > "$stamp"
 fi
+# The AVX-512 VNNI int8 GEMM kernel (C++, g++): rebuilt when its source changes; without it XLA's dot runs.
+.venv/bin/python -c "from aivm_jax.ops._vnni import main; main()" >&2
 # The pinned solc-js that compiles Solidity verifiers and contracts (needs Node.js and npm),
 # And the pinned Hardhat 2 node of `aivm chain devnet` and the end-to-end chain tests.
 for tool in aivm_jax/proofs/solcjs aivm_jax/chain/devnet; do

@@ -13,15 +13,20 @@ addition is associative, so no tiling, threading or reduction order can
 change a bit. No float unit is involved (a test asserts the compiled HLO has
 no float type).
 
-Which kernel runs, per backend:
+Which kernel runs, per backend (chosen when the computation is lowered;
+every choice is exact, so none changes a bit, only the speed):
 
-* CPU: XLA rewrites an s8 x s8 -> s32 dot into a YNNPACK fusion; on x86 with
-  AVX-512 VNNI that is ``VPDPBUSD`` (u8 x s8 with an exact 32-bit
-  accumulation, YNNPACK offsets the signed operand by 128 and corrects with
-  column sums). Measured against onnxruntime's ``MatMulInteger`` in
-  ``benchmarks/int8_gemm.py``.
-* GPU / TPU: XLA's own int8 dot (cuBLASLt IMMA, the MXU's int8 mode); not
-  measured on this project's machines yet.
+* CPU with AVX-512 VNNI: the project's own kernel (``_native/int8_gemm_vnni.cc``,
+  an XLA FFI custom call; its exactness argument heads the source). It
+  shifts ``a`` to unsigned (``a + 128``) for ``VPDPBUSD`` (u8 x s8 -> exact
+  int32 groups of four) and starts each accumulator at ``-128 * colsum(b)``;
+  all arithmetic is int32 addition modulo ``2**32``. ``kernel_status()``
+  says whether it runs; ``AIVM_INT8_GEMM=xla`` turns it off.
+* Any other CPU, or no C++ compiler to build the kernel: XLA's s8 x s8 -> s32
+  dot (a YNNPACK fusion on x86).
+* GPU / TPU: XLA's own int8 dot (cuBLASLt IMMA, the MXU's int8 mode).
+
+Measured against onnxruntime's ``MatMulInteger`` in ``benchmarks/int8_gemm.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax._errors import OpError
+from aivm_jax.ops._vnni import TARGET_NAME, kernel_status, register_kernel
 
-__all__ = ["int8_matmul"]
+__all__ = ["int8_matmul", "kernel_status"]
 
 
 def int8_matmul(a, b) -> jax.Array:
@@ -54,11 +60,25 @@ def int8_matmul(a, b) -> jax.Array:
         raise OpError(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         raise OpError(f"int8_matmul: {a.shape} and {b.shape} must be (..., M, K) and (K, N) or (..., K, N)")
+    if b.ndim > 2 and a.shape[:-2] != b.shape[:-2]:
+        raise OpError(f"int8_matmul: leading axes of {a.shape} and {b.shape} differ")
+    if register_kernel():
+        return lax.platform_dependent(a, b, cpu=_vnni_matmul, default=_xla_matmul)
+    return _xla_matmul(a, b)
+
+
+def _xla_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """XLA's int8 dot with int32 accumulation (``preferred_element_type=int32``)."""
     if b.ndim == 2:
         dims = (((a.ndim - 1,), (0,)), ((), ()))
-    elif a.shape[:-2] == b.shape[:-2]:
+    else:
         batch = tuple(range(a.ndim - 2))
         dims = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
-    else:
-        raise OpError(f"int8_matmul: leading axes of {a.shape} and {b.shape} differ")
     return lax.dot_general(a, b, dimension_numbers=dims, preferred_element_type=jnp.int32)
+
+
+def _vnni_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """The AVX-512 VNNI custom call (row-major). ``b``'s leading axes are a prefix of ``a``'s or all 1
+    (shared); the kernel flattens the rest of ``a``'s into rows."""
+    out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
+    return jax.ffi.ffi_call(TARGET_NAME, out, vmap_method="expand_dims")(a, b)

@@ -1,0 +1,312 @@
+// Exact int8 x int8 -> int32 matrix product on x86 AVX-512 VNNI, as an XLA FFI custom call.
+//
+// C[m, n] = sum_k A[m, k] * B[k, n], every step modulo 2**32 (two's complement int32), which is
+// the opset's semantics (`wrap_int32(a.astype(int64) @ b.astype(int64))`).
+//
+// Why it is exact. VPDPBUSD multiplies unsigned bytes by signed bytes and adds groups of four
+// products to an int32 lane without saturation (|sum of 4| <= 4 * 255 * 128 < 2**31). The signed
+// operand A is shifted to unsigned, A + 128 (bytes XOR 0x80), and the shift is undone with the
+// column sums of B:  sum_k (A + 128) B = sum_k A B + 128 * colsum(B),  so each accumulator starts
+// at -128 * colsum(B). Every operation is an int32 addition, and int32 addition modulo 2**32 is
+// associative and commutative: the blocking, the K padding (zero bytes of B), the thread split and
+// the order of the groups cannot change a bit. No float unit is involved.
+//
+// Layout. B is packed into panels of NR = 16 * NV columns, [K/4][NR][4] bytes, so one 64-byte load
+// holds 16 columns x 4 k; A is packed per MR rows as [K/4][MR][4] so one 4-byte broadcast feeds a
+// row. The micro-kernel keeps MR x NV = 24 zmm accumulators in registers (Goto-style blocking:
+// KC k-steps per pass, the B panel stays in L1 across the MR-row blocks).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t MR = 8;      // rows per micro-tile
+constexpr int64_t KC = 512;    // k per pass (multiple of 4); the B micro-panel is KC * NR bytes
+constexpr int64_t MC = 64;     // rows per task (multiple of MR)
+constexpr int64_t kSerialMacs = int64_t{1} << 21;  // below this, one thread
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// acc[MR][NV] += A_panel (kc4 groups of 4 k) x B_panel, in registers; t holds the MR x 16NV tile.
+template <int NV>
+__attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const int8_t* __restrict bp,
+                                            int64_t kc4, int32_t* __restrict t) {
+  constexpr int64_t NR = 16 * NV;
+#define AIVM_ROW_DECL(r)                                                          \
+  __m512i c##r##0 = _mm512_load_si512(t + r * NR);                                \
+  __m512i c##r##1 = NV > 1 ? _mm512_load_si512(t + r * NR + 16) : c##r##0;        \
+  __m512i c##r##2 = NV > 2 ? _mm512_load_si512(t + r * NR + 32) : c##r##0;
+  AIVM_ROW_DECL(0) AIVM_ROW_DECL(1) AIVM_ROW_DECL(2) AIVM_ROW_DECL(3)
+  AIVM_ROW_DECL(4) AIVM_ROW_DECL(5) AIVM_ROW_DECL(6) AIVM_ROW_DECL(7)
+#undef AIVM_ROW_DECL
+  for (int64_t k = 0; k < kc4; ++k) {
+    const __m512i b0 = _mm512_loadu_si512(bp);
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;
+#define AIVM_ROW_STEP(r)                                                          \
+  {                                                                               \
+    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r)); \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                \
+    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);          \
+    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);          \
+  }
+    AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)
+    AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)
+#undef AIVM_ROW_STEP
+    bp += 64 * NV;
+    ap += 4 * MR;
+  }
+#define AIVM_ROW_STORE(r)                                                         \
+  _mm512_store_si512(t + r * NR, c##r##0);                                        \
+  if constexpr (NV > 1) _mm512_store_si512(t + r * NR + 16, c##r##1);             \
+  if constexpr (NV > 2) _mm512_store_si512(t + r * NR + 32, c##r##2);
+  AIVM_ROW_STORE(0) AIVM_ROW_STORE(1) AIVM_ROW_STORE(2) AIVM_ROW_STORE(3)
+  AIVM_ROW_STORE(4) AIVM_ROW_STORE(5) AIVM_ROW_STORE(6) AIVM_ROW_STORE(7)
+#undef AIVM_ROW_STORE
+}
+
+// Columns [jr, jr + NR) of B (K, N) row-major int8 -> one panel [Kp/4][NR][4], zero padded.
+template <int NV>
+void pack_b_panel(const int8_t* b, int64_t K, int64_t N, int64_t jr, int64_t Kp, int8_t* dst) {
+  constexpr int64_t NR = 16 * NV;
+  if (jr + NR > N || K != Kp) {  // ragged edge: copy into a zero-padded (Kp, NR) block first
+    std::vector<int8_t> block(Kp * NR, 0);
+    const int64_t width = std::min(NR, N - jr);
+    for (int64_t k = 0; k < K; ++k) std::memcpy(block.data() + k * NR, b + k * N + jr, width);
+    pack_b_panel<NV>(block.data(), Kp, NR, 0, Kp, dst);
+    return;
+  }
+  for (int64_t k4 = 0; k4 < Kp / 4; ++k4) {
+    int8_t* out = dst + k4 * NR * 4;
+    for (int64_t v = 0; v < NV; ++v) {
+      const int8_t* src = b + 4 * k4 * N + jr + 16 * v;
+      const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+      const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + N));
+      const __m128i x2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * N));
+      const __m128i x3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * N));
+      const __m128i lo01 = _mm_unpacklo_epi8(x0, x1), hi01 = _mm_unpackhi_epi8(x0, x1);
+      const __m128i lo23 = _mm_unpacklo_epi8(x2, x3), hi23 = _mm_unpackhi_epi8(x2, x3);
+      __m128i* o = reinterpret_cast<__m128i*>(out + 64 * v);
+      _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(lo01, lo23));  // columns 0-3, k 0-3 each
+      _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(lo01, lo23));  // columns 4-7
+      _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(hi01, hi23));  // columns 8-11
+      _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(hi01, hi23));  // columns 12-15
+    }
+  }
+}
+
+// init[n] = -128 * sum_k B[k, n]: undoes the +128 shift of A.
+void column_init(const int8_t* b, int64_t K, int64_t N, int32_t* init) {
+  std::fill(init, init + N, 0);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) init[n] += b[k * N + n];
+  for (int64_t n = 0; n < N; ++n) init[n] *= -128;
+}
+
+// MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> [kc/4][MR][4] bytes, XOR 0x80.
+void pack_a_block(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, int64_t kc, uint8_t* dst) {
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t r = 0; r < MR; ++r) {
+    if (r >= rows_valid) {
+      for (int64_t k4 = 0; k4 < kc / 4; ++k4) out[k4 * MR + r] = 0;
+      continue;
+    }
+    const int8_t* row = a + r * K + pc;
+    const int64_t kv = std::min(kc, K - pc);
+    const int64_t full4 = kv / 4;
+    for (int64_t k4 = 0; k4 < full4; ++k4) {
+      uint32_t w;
+      std::memcpy(&w, row + 4 * k4, 4);
+      out[k4 * MR + r] = w ^ 0x80808080u;
+    }
+    for (int64_t k4 = full4; k4 < kc / 4; ++k4) {
+      uint32_t w = 0;
+      for (int64_t t = 0; t < 4; ++t) {
+        const int64_t k = 4 * k4 + t;
+        const uint32_t byte = k < kv ? static_cast<uint8_t>(row[k] ^ 0x80) : 0;
+        w |= byte << (8 * t);
+      }
+      out[k4 * MR + r] = w;
+    }
+  }
+}
+
+struct Scratch {
+  std::vector<uint8_t, std::allocator<uint8_t>> raw;
+  uint8_t* get(size_t bytes) {
+    if (raw.size() < bytes + 64) raw.resize(bytes + 64);
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
+  }
+};
+thread_local Scratch a_scratch, b_scratch;
+
+// C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B.
+template <int NV>
+void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int32_t* c, int64_t K, int64_t N,
+                   int64_t Kp, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  constexpr int64_t NR = 16 * NV;
+  const int64_t rows = m1 - m0;
+  uint8_t* abuf = a_scratch.get(round_up(rows, MR) * std::min(KC, Kp));
+  alignas(64) int32_t tile[MR * NR];
+  for (int64_t pc = 0; pc < Kp; pc += KC) {
+    const int64_t kc = std::min(KC, Kp - pc);
+    for (int64_t ir = 0; ir < rows; ir += MR)
+      pack_a_block(a + (m0 + ir) * K, K, std::min(MR, rows - ir), pc, kc, abuf + ir * kc);
+    for (int64_t jr = p0 * NR; jr < p1 * NR; jr += NR) {
+      __mmask16 masks[NV];
+      for (int64_t v = 0; v < NV; ++v) {
+        const int64_t left = N - jr - 16 * v;
+        masks[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+      }
+      const int8_t* bp = bpk + jr * Kp + pc * NR;
+      for (int64_t ir = 0; ir < rows; ir += MR) {
+        const int64_t mv = std::min(MR, rows - ir);
+        int32_t* crow = c + (m0 + ir) * N + jr;
+        for (int64_t r = 0; r < MR; ++r)
+          for (int64_t v = 0; v < NV; ++v) {
+            __m512i start = pc == 0 ? _mm512_maskz_loadu_epi32(masks[v], init + jr + 16 * v)
+                            : r < mv ? _mm512_maskz_loadu_epi32(masks[v], crow + r * N + 16 * v)
+                                     : _mm512_setzero_si512();
+            _mm512_store_si512(tile + r * NR + 16 * v, start);
+          }
+        micro_kernel<NV>(abuf + ir * kc, bp, kc / 4, tile);
+        for (int64_t r = 0; r < mv; ++r)
+          for (int64_t v = 0; v < NV; ++v)
+            _mm512_mask_storeu_epi32(crow + r * N + 16 * v, masks[v], _mm512_load_si512(tile + r * NR + 16 * v));
+      }
+    }
+  }
+}
+
+// Runs fn(0..n-1) on the caller and up to `helpers` pool threads; returns when all are done.
+// Late pool tasks find no index left and touch nothing but the shared counters.
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t helpers, F& fn) {
+  helpers = std::min(helpers, n - 1);
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  F* body = &fn;
+  auto work = [state, body, n]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      (*body)(i);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
+  work();
+  while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
+}
+
+template <int NV>
+void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, int64_t batch, bool b_batched,
+          bool a_shared, int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t NR = 16 * NV;
+  const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const bool serial = batch * M * K * N < kSerialMacs || threads == 1;
+  if (b_batched) {  // one task per product: pack its B, then all its rows
+    auto one = [&](int64_t i) {
+      int8_t* bpk = reinterpret_cast<int8_t*>(b_scratch.get(Kp * Np + 4 * Np));
+      int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);
+      const int8_t* bi = b + i * K * N;
+      for (int64_t p = 0; p < panels; ++p) pack_b_panel<NV>(bi, K, N, p * NR, Kp, bpk + p * NR * Kp);
+      column_init(bi, K, N, init);
+      compute_block<NV>(a + (a_shared ? 0 : i * M * K), bpk, init, c + i * M * N, K, N, Kp, 0, M, 0, panels);
+    };
+    parallel_for(pool, batch, serial ? 0 : threads - 1, one);
+    return;
+  }
+  const int64_t rows = batch * M;  // leading axes of A flatten into rows; B is shared
+  std::unique_ptr<int8_t[]> packed(new int8_t[Kp * Np + 64]);
+  int8_t* bpk = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(packed.get()) + 63) & ~uintptr_t{63});
+  std::vector<int32_t> init(N);
+  auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, bpk + p * NR * Kp); };
+  parallel_for(pool, panels, serial ? 0 : threads - 1, pack);
+  column_init(b, K, N, init.data());
+  // Tasks: MC-row chunks x groups of column panels, at least 2 per thread when the shape allows.
+  const int64_t chunks = (rows + MC - 1) / MC;
+  const int64_t groups = serial ? 1 : std::min(panels, std::max<int64_t>(1, (2 * threads + chunks - 1) / chunks));
+  const int64_t per_group = (panels + groups - 1) / groups;
+  auto block = [&](int64_t i) {
+    const int64_t chunk = i / groups, group = i % groups;
+    compute_block<NV>(a, bpk, init.data(), c, K, N, Kp, chunk * MC, std::min(rows, (chunk + 1) * MC),
+                      group * per_group, std::min(panels, (group + 1) * per_group));
+  };
+  parallel_for(pool, chunks * groups, serial ? 0 : threads - 1, block);
+}
+
+ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> b,
+                          ffi::ResultBuffer<ffi::S32> c) {
+  const auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() < 2 || bd.size() < 2 || ad.back() != bd[bd.size() - 2])
+    return ffi::Error::InvalidArgument("aivm_int8_matmul: operands do not contract");
+  // Leading axes of B must be a prefix of A's (vmap adds a leading axis to both, or a size-1 one
+  // to an unbatched operand); each B then multiplies a contiguous block of A's rows.
+  const size_t b_lead = bd.size() - 2, a_lead = ad.size() - 2;
+  if (b_lead > a_lead) return ffi::Error::InvalidArgument("aivm_int8_matmul: B has more leading axes than A");
+  int64_t b_batch = 1, rows = ad[a_lead];
+  for (size_t i = 0; i < b_lead; ++i) {
+    if (bd[i] != ad[i] && bd[i] != 1 && ad[i] != 1) return ffi::Error::InvalidArgument("aivm_int8_matmul: batch axes differ");
+    b_batch *= bd[i];
+  }
+  bool a_shared = b_batch > 1;  // A's leading axes all 1 (vmap over B only): every B reads the same A
+  for (size_t i = 0; i < b_lead; ++i) a_shared = a_shared && ad[i] == 1;
+  if (b_batch != 1 && !a_shared)
+    for (size_t i = 0; i < b_lead; ++i)
+      if (bd[i] != ad[i]) return ffi::Error::InvalidArgument("aivm_int8_matmul: batch axes differ");
+  for (size_t i = b_batch == 1 ? 0 : b_lead; i < a_lead; ++i) rows *= ad[i];
+  const int64_t K = ad.back(), N = bd.back();
+  const int64_t batch = b_batch;  // products with their own B; `rows` rows of A each
+  const bool b_batched = b_batch > 1;
+  const int64_t M = rows;
+  int32_t* out = c->typed_data();
+  int64_t out_size = N;
+  for (size_t i = 0; i + 1 < ad.size(); ++i) out_size *= (i < b_lead && ad[i] == 1) ? bd[i] : ad[i];
+  if (out_size == 0) return ffi::Error::Success();
+  if (K == 0) {
+    std::memset(out, 0, sizeof(int32_t) * out_size);
+    return ffi::Error::Success();
+  }
+  const int8_t* ap = a.typed_data();
+  const int8_t* bp = b.typed_data();
+  // Panel width 16 * NV: the narrowest padding of N, 48 on a tie (more work per A broadcast).
+  if (N <= 16)
+    gemm<1>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+  else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
+    gemm<2>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+  else
+    gemm<3>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8MatmulVnni, Int8MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+// 1 when this CPU runs the kernel's instructions (AVX-512 F, BW and VNNI), else 0.
+extern "C" int aivm_int8_matmul_vnni_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}

@@ -1,0 +1,150 @@
+"""The AVX-512 VNNI int8 GEMM kernel (``_native/int8_gemm_vnni.cc``): build, load, register with XLA.
+
+The kernel is C++ compiled once per source, compiler flags and jaxlib version
+into a shared library, and registered as the XLA FFI custom call
+``aivm_int8_matmul_vnni`` (CPU only). It is built:
+
+* by `main` (``scripts/_venv.sh`` runs it at install), or
+* on first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH.
+
+It is used only where the CPU has AVX-512 F, BW and VNNI. Where it cannot be
+built or run, `kernel_status` says why and `int8_matmul` stays on XLA's own
+int8 dot: both are exact, so the choice never changes a bit, only the speed.
+The exactness argument is written at the top of the C++ source.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["TARGET_NAME", "build_kernel", "kernel_status", "register_kernel"]
+
+TARGET_NAME = "aivm_int8_matmul_vnni"
+SOURCE = Path(__file__).with_name("_native") / "int8_gemm_vnni.cc"
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _library_name() -> str:
+    import jaxlib
+
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(CXX_FLAGS).encode())
+    key.update(jaxlib.__version__.encode())
+    return f"int8_gemm_vnni-{key.hexdigest()[:16]}.so"
+
+
+def _build_dirs() -> list[Path]:
+    """Where a built library may live: beside the source, then the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
+    return [SOURCE.parent / "build", cache]
+
+
+def _existing_library() -> Path | None:
+    name = _library_name()
+    return next((d / name for d in _build_dirs() if (d / name).is_file()), None)
+
+
+def build_kernel(verbose: bool = False) -> Path:
+    """Compile the kernel if no library for this source exists yet; returns its path.
+
+    Writes to a temporary file and renames it, under a file lock, so concurrent
+    processes never load a half-written library.
+
+    Raises:
+      RuntimeError: no C++ compiler, no writable build directory, or the compile failed.
+    """
+    found = _existing_library()
+    if found is not None:
+        return found
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
+    import jax.ffi
+
+    errors = []
+    for directory in _build_dirs():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / _library_name()
+            with open(directory / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if target.is_file():
+                    return target
+                if verbose:
+                    print(f"compiling the int8 GEMM kernel into {target}", file=sys.stderr)
+                fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
+                os.close(fd)
+                command = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    os.unlink(partial)
+                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+                os.replace(partial, target)
+                for stale in directory.glob("int8_gemm_vnni-*.so"):  # libraries of older sources
+                    if stale != target:
+                        stale.unlink(missing_ok=True)
+                return target
+        except OSError as error:
+            errors.append(f"{directory}: {error}")
+    raise RuntimeError("no writable build directory: " + "; ".join(errors))
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("AIVM_INT8_GEMM", "auto") == "xla":
+        return None, "off: AIVM_INT8_GEMM=xla"
+    try:
+        path = build_kernel(verbose=True)
+        library = ctypes.CDLL(str(path))
+    except (RuntimeError, OSError) as error:
+        return None, f"unavailable: {error}"
+    if not library.aivm_int8_matmul_vnni_supported():
+        return None, "unavailable: this CPU lacks AVX-512 VNNI"
+    return library, f"avx512-vnni ({path.name})"
+
+
+@functools.cache
+def register_kernel() -> bool:
+    """Register the FFI target once per process; False where the kernel cannot be used here."""
+    library, _ = _load()
+    if library is None:
+        return False
+    import jax.ffi
+
+    jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8MatmulVnni), platform="cpu")
+    return True
+
+
+def kernel_status() -> str:
+    """One line: which CPU int8 GEMM runs (``avx512-vnni (...)``) or why XLA's dot is used instead."""
+    return _load()[1]
+
+
+def main() -> None:
+    """Build the kernel now (``scripts/_venv.sh`` runs this at install) and say which GEMM runs."""
+    try:
+        print(f"built {build_kernel(verbose=True)}")
+    except RuntimeError as error:
+        print(
+            f"warning: the int8 GEMM kernel was not built ({error}); XLA's int8 dot will be used",
+            file=sys.stderr,
+        )
+    print(f"int8 GEMM on this CPU: {kernel_status()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The AVX-512 VNNI int8 GEMM kernel: it runs where the CPU allows it and equals the int64 product bit for bit.
+
+Shapes cover every edge of the kernel's blocking: K not a multiple of 4 and
+across the 512-k passes, N across the 16/32/48-column panels, M across the
+8-row tiles and 64-row tasks, products large enough for the thread split, and
+sums that wrap modulo 2**32.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from aivm_jax.ops import reference
+from aivm_jax.ops._gemm import _xla_matmul
+from aivm_jax.ops._vnni import build_kernel, kernel_status
+from aivm_jax.quant import int8_matmul
+
+EDGE_SHAPES = [  # (M, K, N)
+    (1, 1, 1),
+    (1, 64, 64),
+    (7, 3, 10),
+    (8, 4, 16),
+    (9, 5, 17),
+    (64, 511, 32),
+    (65, 512, 33),
+    (130, 513, 48),
+    (37, 1029, 61),
+    (3, 2048, 100),
+    (300, 700, 97),  # over the serial threshold: rows x panel tasks on the thread pool
+    (1024, 256, 384),
+]
+
+
+def _cpu_has_vnni() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return all(f" {flag}" in flags for flag in ("avx512f", "avx512bw", "avx512_vnni"))
+
+
+def _exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return reference.wrap_int32(np.matmul(a.astype(np.int64), b.astype(np.int64)))
+
+
+def test_the_kernel_runs_wherever_the_cpu_and_a_compiler_allow_it():
+    status = kernel_status()
+    if os.environ.get("AIVM_INT8_GEMM") == "xla":
+        assert status.startswith("off")
+    elif _cpu_has_vnni():
+        assert status.startswith("avx512-vnni"), status  # CI's machines have VNNI and g++
+    else:
+        assert status.startswith("unavailable"), status
+
+
+def test_the_library_is_built_once_and_reused():
+    first = build_kernel()
+    mtime = first.stat().st_mtime_ns
+    assert build_kernel() == first and first.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(("m", "k", "n"), EDGE_SHAPES)
+def test_edge_shapes_equal_the_int64_product_and_xla(m, k, n):
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    got = np.asarray(jax.jit(int8_matmul)(a, b))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, _exact(a, b))
+    np.testing.assert_array_equal(got, np.asarray(jax.jit(_xla_matmul)(a, b)))
+
+
+@pytest.mark.parametrize("value", [-128, 127])
+def test_extreme_operands(value):
+    a = np.full((33, 1000), value, np.int8)
+    b = np.full((1000, 50), -128, np.int8)
+    b[::3] = 127
+    np.testing.assert_array_equal(np.asarray(int8_matmul(a, b)), _exact(a, b))
+
+
+def test_sums_past_int32_wrap_modulo_2_to_the_32():
+    k = 140_000  # 140000 * 128 * 128 > 2**31
+    a = np.full((9, k), -128, np.int8)
+    b = np.full((k, 3), -128, np.int8)
+    expected = _exact(a, b)
+    assert expected[0, 0] != 140_000 * 16_384  # the reference itself wrapped
+    np.testing.assert_array_equal(np.asarray(jax.jit(int8_matmul)(a, b)), expected)
+
+
+def test_leading_axes_batched_weights_vmap_and_eager_agree():
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (2, 3, 40, 70), dtype=np.int8)
+    b_shared = rng.integers(-128, 128, (70, 33), dtype=np.int8)
+    b_batched = rng.integers(-128, 128, (2, 3, 70, 33), dtype=np.int8)
+    for b in (b_shared, b_batched):
+        expected = _exact(a, b)
+        np.testing.assert_array_equal(np.asarray(int8_matmul(a, b)), expected)  # eager
+        np.testing.assert_array_equal(np.asarray(jax.jit(int8_matmul)(a, b)), expected)
+    mapped = jax.vmap(int8_matmul, in_axes=(0, None))(a, b_shared)
+    np.testing.assert_array_equal(np.asarray(mapped), _exact(a, b_shared))
+    mapped = jax.jit(jax.vmap(int8_matmul))(a.reshape(6, 40, 70), b_batched.reshape(6, 70, 33))
+    np.testing.assert_array_equal(np.asarray(mapped).reshape(2, 3, 40, 33), _exact(a, b_batched))
+    mapped = jax.jit(jax.vmap(int8_matmul, in_axes=(None, 0)))(a[0, 0], b_batched.reshape(6, 70, 33))
+    np.testing.assert_array_equal(np.asarray(mapped), _exact(a[0, 0], b_batched.reshape(6, 70, 33)))
+    mapped = jax.vmap(int8_matmul, in_axes=(1, None))(a, b_shared)
+    np.testing.assert_array_equal(np.asarray(mapped), _exact(a, b_shared).transpose(1, 0, 2, 3))
+
+
+def test_empty_axes():
+    for m, k, n in [(0, 5, 3), (4, 0, 3), (4, 5, 0)]:
+        a, b = np.ones((m, k), np.int8), np.ones((k, n), np.int8)
+        np.testing.assert_array_equal(np.asarray(jax.jit(int8_matmul)(a, b)), _exact(a, b))
+
+
+def test_repeated_threaded_calls_are_identical():
+    rng = np.random.default_rng(9)
+    a = rng.integers(-128, 128, (512, 384), dtype=np.int8)
+    b = rng.integers(-128, 128, (384, 200), dtype=np.int8)
+    gemm = jax.jit(int8_matmul)
+    first = np.asarray(gemm(a, b))
+    for _ in range(5):
+        np.testing.assert_array_equal(np.asarray(gemm(a, b)), first)
+    np.testing.assert_array_equal(first, _exact(a, b))
+
+
+def test_the_xla_engine_is_selectable_and_gives_the_same_bits():
+    script = (
+        "import numpy as np, jax; from aivm_jax.quant import int8_matmul; "
+        "from aivm_jax.ops._vnni import kernel_status; "
+        "rng = np.random.default_rng(3); a = rng.integers(-128, 128, (70, 300), dtype=np.int8); "
+        "b = rng.integers(-128, 128, (300, 50), dtype=np.int8); "
+        "print(kernel_status()); print(int(np.asarray(jax.jit(int8_matmul)(a, b)).astype(np.int64).sum()))"
+    )
+    env = {**os.environ, "AIVM_INT8_GEMM": "xla"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    status, total = done.stdout.split("\n")[:2]
+    assert status == "off: AIVM_INT8_GEMM=xla"
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (70, 300), dtype=np.int8)
+    b = rng.integers(-128, 128, (300, 50), dtype=np.int8)
+    assert int(total) == int(np.asarray(int8_matmul(a, b)).astype(np.int64).sum())
