@@ -1,8 +1,9 @@
 """The AVX-512 VNNI int8 GEMM kernel (``_native/int8_gemm_vnni.cc``): build, load, register with XLA.
 
 The kernel is C++ compiled once per source, compiler flags and jaxlib version
-into a shared library, and registered as the XLA FFI custom call
-``aivm_int8_matmul_vnni`` (CPU only). It is built:
+into a shared library, and registered as the XLA FFI custom calls
+``aivm_int8_matmul_vnni`` and ``aivm_int8_dense_vnni`` (matmul, bias_add, requantize
+and relu in one pass; CPU only). It is built:
 
 * by `main` (``scripts/_venv.sh`` runs it at install), or
 * on first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH.
@@ -26,11 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["TARGET_NAME", "build_kernel", "kernel_status", "register_kernel"]
+__all__ = ["DENSE_TARGET_NAME", "TARGET_NAME", "build_kernel", "kernel_status", "register_kernel"]
 
 TARGET_NAME = "aivm_int8_matmul_vnni"
+DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 SOURCE = Path(__file__).with_name("_native") / "int8_gemm_vnni.cc"
-CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")
 
 
 def _compiler() -> str | None:
@@ -126,6 +128,7 @@ def register_kernel() -> bool:
     import jax.ffi
 
     jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8MatmulVnni), platform="cpu")
+    jax.ffi.register_ffi_target(DENSE_TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8DenseVnni), platform="cpu")
     return True
 
 

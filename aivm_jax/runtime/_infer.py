@@ -59,7 +59,7 @@ class _Compiled:
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
 
     def _run(self, params, feeds):
-        return evaluate(self.program, feeds, params, "lowering")
+        return evaluate(self.program, feeds, params, "lowering", fuse=True)
 
     def params_on(self, sharding) -> dict[str, jax.Array]:
         key = (sharding,)

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -213,9 +214,43 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t helpers, F& fn) {
   while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
 }
 
+// The fused dense epilogue: y = saturate((wrap32(acc + bias) * M + 2**(s-1)) >> s) per column, the
+// opset's bias_add then requantize (product and rounding in int64: |x M| <= 2**62, the rounding term
+// <= 2**61, so nothing overflows), then relu as a lower bound of 0. Same integers as the ops one by one.
+struct Epilogue {
+  const int32_t* bias;
+  std::vector<int64_t> multiplier, half, shift;
+  int64_t lo, hi;
+  int8_t* out_s8;    // one of the two is set
+  int32_t* out_s32;
+};
+
+template <typename Out>
+void epilogue_row(const int32_t* __restrict acc, const int32_t* __restrict bias, const int64_t* __restrict mult,
+                  const int64_t* __restrict half, const int64_t* __restrict shift, int64_t lo, int64_t hi,
+                  Out* __restrict out, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {  // vectorized by the compiler (vpmullq, vpsravq)
+    const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[n]) + static_cast<uint32_t>(bias[n]));
+    const int64_t y = (static_cast<int64_t>(x) * mult[n] + half[n]) >> shift[n];
+    out[n] = static_cast<Out>(std::min(std::max(y, lo), hi));
+  }
+}
+
+void apply_epilogue(const Epilogue& e, const int32_t* acc, int64_t N, int64_t m0, int64_t m1, int64_t n0,
+                    int64_t n1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    if (e.out_s8 != nullptr)
+      epilogue_row(acc + m * N, e.bias, e.multiplier.data(), e.half.data(), e.shift.data(), e.lo, e.hi,
+                   e.out_s8 + m * N, n0, n1);
+    else
+      epilogue_row(acc + m * N, e.bias, e.multiplier.data(), e.half.data(), e.shift.data(), e.lo, e.hi,
+                   e.out_s32 + m * N, n0, n1);
+  }
+}
+
 template <int NV>
 void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, int64_t batch, bool b_batched,
-          bool a_shared, int64_t M, int64_t K, int64_t N) {
+          bool a_shared, int64_t M, int64_t K, int64_t N, const Epilogue* epilogue = nullptr) {
   constexpr int64_t NR = 16 * NV;
   const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -245,8 +280,10 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
   const int64_t per_group = (panels + groups - 1) / groups;
   auto block = [&](int64_t i) {
     const int64_t chunk = i / groups, group = i % groups;
-    compute_block<NV>(a, bpk, init.data(), c, K, N, Kp, chunk * MC, std::min(rows, (chunk + 1) * MC),
-                      group * per_group, std::min(panels, (group + 1) * per_group));
+    const int64_t m0 = chunk * MC, m1 = std::min(rows, (chunk + 1) * MC);
+    const int64_t p0 = group * per_group, p1 = std::min(panels, (group + 1) * per_group);
+    compute_block<NV>(a, bpk, init.data(), c, K, N, Kp, m0, m1, p0, p1);
+    if (epilogue != nullptr) apply_epilogue(*epilogue, c, N, m0, m1, p0 * NR, std::min(N, p1 * NR));
   };
   parallel_for(pool, chunks * groups, serial ? 0 : threads - 1, block);
 }
@@ -295,6 +332,57 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buf
   return ffi::Error::Success();
 }
 
+// dense: int8 (rows, K) x int8 (K, N) -> bias_add -> requantize -> [relu], out int8 or int32 (rows, N).
+ffi::Error Int8DenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> b,
+                         ffi::Buffer<ffi::S32> bias, ffi::Buffer<ffi::S32> multiplier, ffi::Buffer<ffi::S32> shift,
+                         ffi::Result<ffi::AnyBuffer> out, bool relu) {
+  const auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() < 2 || bd.size() != 2 || ad.back() != bd[0])
+    return ffi::Error::InvalidArgument("aivm_int8_dense: operands do not contract");
+  const int64_t K = bd[0], N = bd[1];
+  if (bias.element_count() != N || multiplier.element_count() != N || shift.element_count() != N)
+    return ffi::Error::InvalidArgument("aivm_int8_dense: bias, multiplier and shift must have N values");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < ad.size(); ++i) rows *= ad[i];
+  Epilogue e;
+  e.bias = bias.typed_data();
+  e.multiplier.resize(N);
+  e.half.resize(N);
+  e.shift.resize(N);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t sh = shift.typed_data()[n];
+    if (sh < 0 || sh > 62) return ffi::Error::InvalidArgument("aivm_int8_dense: shift outside [0, 62]");
+    e.multiplier[n] = multiplier.typed_data()[n];
+    e.shift[n] = sh;
+    e.half[n] = sh > 0 ? int64_t{1} << (sh - 1) : 0;
+  }
+  e.out_s8 = nullptr;
+  e.out_s32 = nullptr;
+  if (out->element_type() == ffi::DataType::S8) {
+    e.out_s8 = reinterpret_cast<int8_t*>(out->untyped_data());
+    e.lo = -128, e.hi = 127;
+  } else if (out->element_type() == ffi::DataType::S32) {
+    e.out_s32 = reinterpret_cast<int32_t*>(out->untyped_data());
+    e.lo = INT32_MIN, e.hi = INT32_MAX;
+  } else {
+    return ffi::Error::InvalidArgument("aivm_int8_dense: the output must be int8 or int32");
+  }
+  if (relu) e.lo = 0;
+  if (rows * N == 0) return ffi::Error::Success();
+  std::vector<int32_t> acc(rows * N, 0);  // K == 0 leaves the zero product
+  if (K > 0) {
+    if (N <= 16)
+      gemm<1>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
+    else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
+      gemm<2>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
+    else
+      gemm<3>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
+  } else {
+    apply_epilogue(e, acc.data(), N, 0, rows, 0, N);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8MatmulVnni, Int8MatmulImpl,
@@ -303,6 +391,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8MatmulVnni, Int8MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8DenseVnni, Int8DenseImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu"));
 
 // 1 when this CPU runs the kernel's instructions (AVX-512 F, BW and VNNI), else 0.
 extern "C" int aivm_int8_matmul_vnni_supported() {
