@@ -50,7 +50,12 @@ def fuse_dense_chains(program: Program) -> list[Node | FusedDense]:
         if i + 1 >= len(nodes):
             return None
         produced, following = nodes[i].output, nodes[i + 1]
-        if following.op != op or produced in outputs or readers[produced] != 1 or following.inputs[0] != produced:
+        if (
+            following.op != op
+            or produced in outputs
+            or readers[produced] != 1
+            or following.inputs[0] != produced
+        ):
             return None
         return following
 

@@ -32,7 +32,17 @@ __all__ = ["DENSE_TARGET_NAME", "TARGET_NAME", "build_kernel", "kernel_status", 
 TARGET_NAME = "aivm_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 SOURCE = Path(__file__).with_name("_native") / "int8_gemm_vnni.cc"
-CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")
+CXX_FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512dq",
+    "-mavx512vnni",
+)
 
 
 def _compiler() -> str | None:
@@ -128,7 +138,9 @@ def register_kernel() -> bool:
     import jax.ffi
 
     jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8MatmulVnni), platform="cpu")
-    jax.ffi.register_ffi_target(DENSE_TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8DenseVnni), platform="cpu")
+    jax.ffi.register_ffi_target(
+        DENSE_TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8DenseVnni), platform="cpu"
+    )
     return True
 
 

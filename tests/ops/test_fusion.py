@@ -1,0 +1,95 @@
+"""Fused dense chains: which chains fuse, and the fused op equals the ops one by one (and the NumPy reference)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from aivm_jax import infer
+from aivm_jax.ops import lowering, reference
+from aivm_jax.ops._fusion import FusedDense, dense, fuse_dense_chains
+from aivm_jax.ops._vnni import DENSE_TARGET_NAME, kernel_status
+from aivm_jax.program import Node, Program, ValueSpec
+from aivm_jax.runtime._infer import _compiled_for
+
+
+def _dense_program(*, relu: bool, bias: bool, out_dtype: str, extra_reader: bool = False, k=70, n=37, seed=0):
+    rng = np.random.default_rng(seed)
+    nodes = [Node(op="matmul", inputs=("x", "w"), output="acc")]
+    last = "acc"
+    if bias:
+        nodes.append(Node(op="bias_add", inputs=(last, "b"), output="biased"))
+        last = "biased"
+    nodes.append(Node(op="requantize", inputs=(last, "m", "s"), output="q", attrs={"out_dtype": out_dtype}))
+    last = "q"
+    if relu:
+        nodes.append(Node(op="relu", inputs=("q",), output="r"))
+        last = "r"
+    outputs = [ValueSpec(name=last, dtype=out_dtype, shape=(n,))]
+    if extra_reader:  # the raw product is also a program output: the chain must not fuse
+        outputs.append(ValueSpec(name="acc", dtype="int32", shape=(n,)))
+    params = {
+        "w": rng.integers(-128, 128, (k, n), dtype=np.int8),
+        "b": rng.integers(-(2**31), 2**31, (n,), dtype=np.int64).astype(np.int32),  # wraps when added
+        # Every multiplier sign and size, every shift from 0 (no rounding) to 62.
+        "m": rng.integers(-(2**31), 2**31, (n,), dtype=np.int64).astype(np.int32),
+        "s": rng.integers(0, 63, (n,)).astype(np.int32),
+    }
+    params["m"][:4] = [0, 1, -1, 2**31 - 1]
+    params["s"][:4] = [0, 62, 1, 31]
+    if not bias:
+        del params["b"]
+    return Program(
+        name="dense",
+        inputs=(ValueSpec(name="x", dtype="int8", shape=(k,)),),
+        outputs=tuple(outputs),
+        nodes=tuple(nodes),
+        params=params,
+    )
+
+
+@pytest.mark.parametrize("out_dtype", ["int8", "int32"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_chains_equal_the_reference(out_dtype, relu, bias):
+    program = _dense_program(relu=relu, bias=bias, out_dtype=out_dtype)
+    steps = fuse_dense_chains(program)
+    assert len(steps) == 1 and isinstance(steps[0], FusedDense) and steps[0].relu == relu
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (300, 70), dtype=np.int8)
+    x[0], x[1] = -128, 127
+    jit = infer(program, x, mode="jit")  # fused
+    ref = infer(program, x, mode="reference")
+    eager = infer(program, x, mode="eager")  # op by op
+    np.testing.assert_array_equal(jit.outputs, ref.outputs)
+    np.testing.assert_array_equal(eager.outputs, ref.outputs)
+    assert jit.output_hash == ref.output_hash == eager.output_hash
+    if kernel_status().startswith("avx512-vnni"):  # the fused kernel really ran
+        entry = _compiled_for(program)
+        hlo = entry.fn.lower(entry.params_on(None), {"x": x}).as_text()
+        assert DENSE_TARGET_NAME in hlo
+
+
+def test_a_chain_whose_intermediate_is_read_elsewhere_is_not_fused():
+    program = _dense_program(relu=True, bias=True, out_dtype="int8", extra_reader=True)
+    assert not any(isinstance(step, FusedDense) for step in fuse_dense_chains(program))
+    x = np.random.default_rng(2).integers(-128, 128, (5, 70), dtype=np.int8)
+    np.testing.assert_array_equal(infer(program, x).outputs, infer(program, x, mode="reference").outputs)
+
+
+def test_dense_keeps_leading_axes_and_matches_the_unfused_lowering():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (3, 5, 600), dtype=np.int8)  # K over one 512-k pass
+    w = rng.integers(-128, 128, (600, 20), dtype=np.int8)
+    b = rng.integers(-1000, 1000, (20,), dtype=np.int32)
+    m, s = np.int32(23_000), np.int32(20)  # per-tensor scalars
+    got = jax.jit(lambda *a: dense(*a, out_dtype="int8", relu=True))(x, w, b, m, s)
+    want = lowering.relu(
+        lowering.requantize(lowering.bias_add(lowering.matmul(x, w), b), m, s, out_dtype="int8")
+    )
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    expected = reference.relu(
+        reference.requantize(reference.bias_add(reference.matmul(x, w), b), m, s, out_dtype="int8")
+    )
+    np.testing.assert_array_equal(np.asarray(got), expected)
