@@ -1,4 +1,4 @@
-"""Compiled execution only: ``matmul -> [bias_add] -> requantize -> [relu]`` chains run as one fused op.
+"""Compiled execution only: ``matmul|conv2d -> [bias_add] -> requantize -> [relu]`` chains run as one fused op.
 
 The fused op computes the same integers as the ops one by one (it is the
 composition of their lowerings wherever the VNNI kernel is not used), so
@@ -19,15 +19,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops import lowering
-from aivm_jax.ops._vnni import DENSE_TARGET_NAME, register_kernel
+from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_TARGET_NAME, register_kernel
 from aivm_jax.program import Node, Program
 
-__all__ = ["FusedDense", "dense", "fuse_dense_chains", "run_fused"]
+__all__ = ["FusedDense", "conv_dense", "dense", "fuse_dense_chains", "run_fused"]
 
 
 @dataclasses.dataclass(frozen=True)
 class FusedDense:
-    """``output = relu?(requantize(bias_add?(matmul(x, w), bias), multiplier, shift))``."""
+    """``output = relu?(requantize(bias_add?(head(x, w), bias), multiplier, shift))``; the head is a
+    matmul, or a conv2d when ``conv`` holds its attributes (strides, padding)."""
 
     x: str
     w: str
@@ -37,6 +38,7 @@ class FusedDense:
     output: str
     out_dtype: str
     relu: bool
+    conv: Mapping[str, Any] | None = None
 
 
 def fuse_dense_chains(program: Program) -> list[Node | FusedDense]:
@@ -64,10 +66,11 @@ def fuse_dense_chains(program: Program) -> list[Node | FusedDense]:
     while i < len(nodes):
         node = nodes[i]
         j = i
-        bias = sole_reader(j, "bias_add") if node.op == "matmul" else None
+        head = node.op in ("matmul", "conv2d")
+        bias = sole_reader(j, "bias_add") if head else None
         if bias is not None:
             j += 1
-        rescale = sole_reader(j, "requantize") if node.op == "matmul" else None
+        rescale = sole_reader(j, "requantize") if head else None
         if rescale is None:
             steps.append(node)
             i += 1
@@ -86,6 +89,7 @@ def fuse_dense_chains(program: Program) -> list[Node | FusedDense]:
                 output=nodes[j].output,
                 out_dtype=rescale.attrs["out_dtype"],
                 relu=relu is not None,
+                conv=dict(node.attrs) if node.op == "conv2d" else None,
             )
         )
         i = j + 1
@@ -103,9 +107,7 @@ def dense(x, w, bias, multiplier, shift, *, out_dtype: str, relu: bool) -> jax.A
         return lowering.relu(y) if relu else y
 
     n = w.shape[1]
-    bias = jnp.zeros((n,), jnp.int32) if bias is None else bias
-    multiplier = jnp.broadcast_to(jnp.asarray(multiplier, jnp.int32), (n,))
-    shift = jnp.broadcast_to(jnp.asarray(shift, jnp.int32), (n,))
+    bias, multiplier, shift = _per_column(bias, multiplier, shift, n)
     if not register_kernel():
         return unfused(x, w, bias, multiplier, shift)
 
@@ -116,9 +118,56 @@ def dense(x, w, bias, multiplier, shift, *, out_dtype: str, relu: bool) -> jax.A
     return lax.platform_dependent(x, w, bias, multiplier, shift, cpu=fused, default=unfused)
 
 
+def conv_dense(x, w, bias, multiplier, shift, *, strides, padding, out_dtype: str, relu: bool) -> jax.Array:
+    """`dense` with a conv2d head: int8 NHWC ``x``, int8 HWIO ``w``, zero padding -> ``(batch, Ho, Wo, O)``;
+    on VNNI CPUs one pass with the patches gathered inside the kernel (implicit im2col)."""
+
+    def unfused(x, w, bias, multiplier, shift):
+        y = lowering.conv2d(x, w, strides=strides, padding=padding)
+        y = lowering.bias_add(y, bias)
+        y = lowering.requantize(y, multiplier, shift, out_dtype=out_dtype)
+        return lowering.relu(y) if relu else y
+
+    kh, kw, c, o = w.shape
+    bias, multiplier, shift = _per_column(bias, multiplier, shift, o)
+    if not register_kernel():
+        return unfused(x, w, bias, multiplier, shift)
+    (sh, sw), ((top, bottom), (left, right)) = strides, padding
+    ho = (x.shape[1] + top + bottom - kh) // sh + 1
+    wo = (x.shape[2] + left + right - kw) // sw + 1
+
+    def fused(x, w, bias, multiplier, shift):
+        out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), jnp.dtype(out_dtype))
+        geometry = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "top": top, "bottom": bottom, "left": left}
+        call = jax.ffi.ffi_call(CONV_TARGET_NAME, out)
+        return call(x, w.reshape(kh * kw * c, o), bias, multiplier, shift, relu=relu, right=right, **geometry)
+
+    return lax.platform_dependent(x, w, bias, multiplier, shift, cpu=fused, default=unfused)
+
+
+def _per_column(bias, multiplier, shift, n: int):
+    """Bias (zeros when absent), multiplier and shift as int32 ``(n,)`` vectors."""
+    bias = jnp.zeros((n,), jnp.int32) if bias is None else bias
+    multiplier = jnp.broadcast_to(jnp.asarray(multiplier, jnp.int32), (n,))
+    shift = jnp.broadcast_to(jnp.asarray(shift, jnp.int32), (n,))
+    return bias, multiplier, shift
+
+
 def run_fused(step: FusedDense, values: Mapping[str, Any]) -> jax.Array:
     """Apply one `FusedDense` step to the named values."""
     bias = values[step.bias] if step.bias is not None else None
+    if step.conv is not None:
+        return conv_dense(
+            values[step.x],
+            values[step.w],
+            bias,
+            values[step.multiplier],
+            values[step.shift],
+            strides=tuple(step.conv["strides"]),
+            padding=tuple(tuple(p) for p in step.conv["padding"]),
+            out_dtype=step.out_dtype,
+            relu=step.relu,
+        )
     return dense(
         values[step.x],
         values[step.w],

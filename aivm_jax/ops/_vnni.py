@@ -1,9 +1,9 @@
 """The AVX-512 VNNI int8 GEMM kernel (``_native/int8_gemm_vnni.cc``): build, load, register with XLA.
 
 The kernel is C++ compiled once per source, compiler flags and jaxlib version
-into a shared library, and registered as the XLA FFI custom calls
-``aivm_int8_matmul_vnni`` and ``aivm_int8_dense_vnni`` (matmul, bias_add, requantize
-and relu in one pass; CPU only). It is built:
+into a shared library, and registered as XLA FFI custom calls (CPU only): ``aivm_int8_matmul_vnni``, and
+``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``, which run a matmul or
+conv2d (implicit im2col) with its bias_add, requantize and relu in one pass. It is built:
 
 * by `main` (``scripts/_venv.sh`` runs it at install), or
 * on first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH.
@@ -27,10 +27,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["DENSE_TARGET_NAME", "TARGET_NAME", "build_kernel", "kernel_status", "register_kernel"]
+__all__ = [
+    "CONV_TARGET_NAME",
+    "DENSE_TARGET_NAME",
+    "TARGET_NAME",
+    "build_kernel",
+    "kernel_status",
+    "register_kernel",
+]
 
 TARGET_NAME = "aivm_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
+CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
 SOURCE = Path(__file__).with_name("_native") / "int8_gemm_vnni.cc"
 CXX_FLAGS = (
     "-O3",
@@ -137,10 +145,12 @@ def register_kernel() -> bool:
         return False
     import jax.ffi
 
-    jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8MatmulVnni), platform="cpu")
-    jax.ffi.register_ffi_target(
-        DENSE_TARGET_NAME, jax.ffi.pycapsule(library.AivmInt8DenseVnni), platform="cpu"
-    )
+    for name, handler in [
+        (TARGET_NAME, library.AivmInt8MatmulVnni),
+        (DENSE_TARGET_NAME, library.AivmInt8DenseVnni),
+        (CONV_TARGET_NAME, library.AivmInt8ConvDenseVnni),
+    ]:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 

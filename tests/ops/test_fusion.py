@@ -9,7 +9,7 @@ import pytest
 from aivm_jax import infer
 from aivm_jax.ops import lowering, reference
 from aivm_jax.ops._fusion import FusedDense, dense, fuse_dense_chains
-from aivm_jax.ops._vnni import DENSE_TARGET_NAME, kernel_status
+from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_TARGET_NAME, kernel_status
 from aivm_jax.program import Node, Program, ValueSpec
 from aivm_jax.runtime._infer import _compiled_for
 
@@ -93,3 +93,49 @@ def test_dense_keeps_leading_axes_and_matches_the_unfused_lowering():
         reference.requantize(reference.bias_add(reference.matmul(x, w), b), m, s, out_dtype="int8")
     )
     np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+@pytest.mark.parametrize(
+    ("hw", "kernel", "strides", "padding"),
+    [
+        ((8, 8), (3, 3), (1, 1), ((1, 1), (1, 1))),
+        ((9, 7), (3, 2), (2, 1), ((2, 0), (0, 1))),
+        ((5, 5), (5, 5), (1, 1), ((0, 0), (0, 0))),
+        ((6, 10), (1, 1), (3, 2), ((0, 0), (0, 0))),
+    ],
+)
+def test_fused_conv_chains_equal_the_reference(hw, kernel, strides, padding):
+    rng = np.random.default_rng(sum(hw) + sum(kernel))
+    c, o = 5, 19
+    program = Program(
+        name="conv",
+        inputs=(ValueSpec(name="x", dtype="int8", shape=(*hw, c)),),
+        outputs=(ValueSpec(name="r", dtype="int8", shape=_conv_out(hw, kernel, strides, padding, o)),),
+        nodes=(
+            Node(
+                op="conv2d", inputs=("x", "w"), output="acc", attrs={"strides": strides, "padding": padding}
+            ),
+            Node(op="bias_add", inputs=("acc", "b"), output="biased"),
+            Node(op="requantize", inputs=("biased", "m", "s"), output="q", attrs={"out_dtype": "int8"}),
+            Node(op="relu", inputs=("q",), output="r"),
+        ),
+        params={
+            "w": rng.integers(-128, 128, (*kernel, c, o), dtype=np.int8),
+            "b": rng.integers(-5000, 5000, (o,), dtype=np.int32),
+            "m": rng.integers(-(2**15), 2**15, (o,), dtype=np.int32),
+            "s": rng.integers(8, 20, (o,), dtype=np.int32),
+        },
+    )
+    steps = fuse_dense_chains(program)
+    assert len(steps) == 1 and steps[0].conv is not None
+    x = rng.integers(-128, 128, (70, *hw, c), dtype=np.int8)
+    ref = infer(program, x, mode="reference")
+    np.testing.assert_array_equal(infer(program, x, mode="jit").outputs, ref.outputs)
+    np.testing.assert_array_equal(infer(program, x, mode="eager").outputs, ref.outputs)
+    if kernel_status().startswith("avx512-vnni"):
+        entry = _compiled_for(program)
+        assert CONV_TARGET_NAME in entry.fn.lower(entry.params_on(None), {"x": x}).as_text()
+
+
+def _conv_out(hw, kernel, strides, padding, o):
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, kernel, strides, padding)) + (o,)

@@ -149,9 +149,10 @@ struct Scratch {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
   }
 };
-thread_local Scratch a_scratch, b_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch;
 
-// C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B.
+// C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B;
+// `a` points at row m0 of A (rows of K bytes).
 template <int NV>
 void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int32_t* c, int64_t K, int64_t N,
                    int64_t Kp, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
@@ -162,7 +163,7 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
   for (int64_t pc = 0; pc < Kp; pc += KC) {
     const int64_t kc = std::min(KC, Kp - pc);
     for (int64_t ir = 0; ir < rows; ir += MR)
-      pack_a_block(a + (m0 + ir) * K, K, std::min(MR, rows - ir), pc, kc, abuf + ir * kc);
+      pack_a_block(a + ir * K, K, std::min(MR, rows - ir), pc, kc, abuf + ir * kc);
     for (int64_t jr = p0 * NR; jr < p1 * NR; jr += NR) {
       __mmask16 masks[NV];
       for (int64_t v = 0; v < NV; ++v) {
@@ -214,6 +215,31 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t helpers, F& fn) {
   while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
 }
 
+// Implicit im2col for a 2-D convolution (NHWC input, zero padding): row m = (b, i, j) of the virtual
+// A is the (p, q, c)-ordered patch under output pixel (i, j), K = KH * KW * C; only data movement.
+struct ConvRows {
+  int64_t H, W, C, KH, KW, sh, sw, top, left, Ho, Wo;
+  // Rows [m0, m1) into a thread-local buffer; returns it.
+  const int8_t* gather_rows(const int8_t* x, int64_t m0, int64_t m1) const {
+    const int64_t K = KH * KW * C;
+    int8_t* out = reinterpret_cast<int8_t*>(row_scratch.get((m1 - m0) * K));
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t b = m / (Ho * Wo), i = (m / Wo) % Ho, j = m % Wo;
+      int8_t* row = out + (m - m0) * K;
+      for (int64_t p = 0; p < KH; ++p)
+        for (int64_t q = 0; q < KW; ++q) {
+          const int64_t y = i * sh + p - top, z = j * sw + q - left;
+          int8_t* dst = row + (p * KW + q) * C;
+          if (y < 0 || y >= H || z < 0 || z >= W)
+            std::memset(dst, 0, C);
+          else
+            std::memcpy(dst, x + ((b * H + y) * W + z) * C, C);
+        }
+    }
+    return out;
+  }
+};
+
 // The fused dense epilogue: y = saturate((wrap32(acc + bias) * M + 2**(s-1)) >> s) per column, the
 // opset's bias_add then requantize (product and rounding in int64: |x M| <= 2**62, the rounding term
 // <= 2**61, so nothing overflows), then relu as a lower bound of 0. Same integers as the ops one by one.
@@ -250,7 +276,8 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, int64_t N, int64_t m0
 
 template <int NV>
 void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, int64_t batch, bool b_batched,
-          bool a_shared, int64_t M, int64_t K, int64_t N, const Epilogue* epilogue = nullptr) {
+          bool a_shared, int64_t M, int64_t K, int64_t N, const Epilogue* epilogue = nullptr,
+          const ConvRows* conv = nullptr) {
   constexpr int64_t NR = 16 * NV;
   const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -282,7 +309,8 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
     const int64_t chunk = i / groups, group = i % groups;
     const int64_t m0 = chunk * MC, m1 = std::min(rows, (chunk + 1) * MC);
     const int64_t p0 = group * per_group, p1 = std::min(panels, (group + 1) * per_group);
-    compute_block<NV>(a, bpk, init.data(), c, K, N, Kp, m0, m1, p0, p1);
+    const int8_t* a_rows = conv == nullptr ? a + m0 * K : conv->gather_rows(a, m0, m1);
+    compute_block<NV>(a_rows, bpk, init.data(), c, K, N, Kp, m0, m1, p0, p1);
     if (epilogue != nullptr) apply_epilogue(*epilogue, c, N, m0, m1, p0 * NR, std::min(N, p1 * NR));
   };
   parallel_for(pool, chunks * groups, serial ? 0 : threads - 1, block);
@@ -332,19 +360,11 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buf
   return ffi::Error::Success();
 }
 
-// dense: int8 (rows, K) x int8 (K, N) -> bias_add -> requantize -> [relu], out int8 or int32 (rows, N).
-ffi::Error Int8DenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> b,
-                         ffi::Buffer<ffi::S32> bias, ffi::Buffer<ffi::S32> multiplier, ffi::Buffer<ffi::S32> shift,
-                         ffi::Result<ffi::AnyBuffer> out, bool relu) {
-  const auto ad = a.dimensions(), bd = b.dimensions();
-  if (ad.size() < 2 || bd.size() != 2 || ad.back() != bd[0])
-    return ffi::Error::InvalidArgument("aivm_int8_dense: operands do not contract");
-  const int64_t K = bd[0], N = bd[1];
+// The epilogue's per-column constants and output from the custom call's operands.
+ffi::Error make_epilogue(ffi::Buffer<ffi::S32>& bias, ffi::Buffer<ffi::S32>& multiplier, ffi::Buffer<ffi::S32>& shift,
+                         ffi::Result<ffi::AnyBuffer>& out, bool relu, int64_t N, Epilogue& e) {
   if (bias.element_count() != N || multiplier.element_count() != N || shift.element_count() != N)
     return ffi::Error::InvalidArgument("aivm_int8_dense: bias, multiplier and shift must have N values");
-  int64_t rows = 1;
-  for (size_t i = 0; i + 1 < ad.size(); ++i) rows *= ad[i];
-  Epilogue e;
   e.bias = bias.typed_data();
   e.multiplier.resize(N);
   e.half.resize(N);
@@ -368,18 +388,54 @@ ffi::Error Int8DenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buff
     return ffi::Error::InvalidArgument("aivm_int8_dense: the output must be int8 or int32");
   }
   if (relu) e.lo = 0;
-  if (rows * N == 0) return ffi::Error::Success();
+  return ffi::Error::Success();
+}
+
+void run_dense(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int64_t rows, int64_t K, int64_t N,
+               const Epilogue& e, const ConvRows* conv) {
+  if (rows * N == 0) return;
   std::vector<int32_t> acc(rows * N, 0);  // K == 0 leaves the zero product
-  if (K > 0) {
-    if (N <= 16)
-      gemm<1>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
-    else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
-      gemm<2>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
-    else
-      gemm<3>(pool, a.typed_data(), b.typed_data(), acc.data(), 1, false, false, rows, K, N, &e);
-  } else {
+  if (K == 0)
     apply_epilogue(e, acc.data(), N, 0, rows, 0, N);
-  }
+  else if (N <= 16)
+    gemm<1>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
+  else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
+    gemm<2>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
+  else
+    gemm<3>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
+}
+
+// dense: int8 (..., K) x int8 (K, N) -> bias_add -> requantize -> [relu], int8 or int32 (..., N).
+ffi::Error Int8DenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> b,
+                         ffi::Buffer<ffi::S32> bias, ffi::Buffer<ffi::S32> multiplier, ffi::Buffer<ffi::S32> shift,
+                         ffi::Result<ffi::AnyBuffer> out, bool relu) {
+  const auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() < 2 || bd.size() != 2 || ad.back() != bd[0])
+    return ffi::Error::InvalidArgument("aivm_int8_dense: operands do not contract");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < ad.size(); ++i) rows *= ad[i];
+  Epilogue e;
+  if (ffi::Error error = make_epilogue(bias, multiplier, shift, out, relu, bd[1], e); error.failure()) return error;
+  run_dense(pool, a.typed_data(), b.typed_data(), rows, bd[0], bd[1], e, nullptr);
+  return ffi::Error::Success();
+}
+
+// conv dense: int8 NHWC x int8 (KH*KW*C, O) weights, zero padding, then the dense epilogue -> (B, Ho, Wo, O).
+ffi::Error Int8ConvDenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> w,
+                             ffi::Buffer<ffi::S32> bias, ffi::Buffer<ffi::S32> multiplier,
+                             ffi::Buffer<ffi::S32> shift, ffi::Result<ffi::AnyBuffer> out, bool relu, int64_t kh,
+                             int64_t kw, int64_t sh, int64_t sw, int64_t top, int64_t bottom, int64_t left,
+                             int64_t right) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 4 || wd.size() != 2 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || wd[0] != kh * kw * xd[3])
+    return ffi::Error::InvalidArgument("aivm_int8_conv_dense: bad shapes or geometry");
+  ConvRows conv{xd[1], xd[2], xd[3], kh, kw, sh, sw, top, left, 0, 0};
+  conv.Ho = (xd[1] + top + bottom - kh) / sh + 1;
+  conv.Wo = (xd[2] + left + right - kw) / sw + 1;
+  if (conv.Ho < 1 || conv.Wo < 1) return ffi::Error::InvalidArgument("aivm_int8_conv_dense: empty output");
+  Epilogue e;
+  if (ffi::Error error = make_epilogue(bias, multiplier, shift, out, relu, wd[1], e); error.failure()) return error;
+  run_dense(pool, x.typed_data(), w.typed_data(), xd[0] * conv.Ho * conv.Wo, wd[0], wd[1], e, &conv);
   return ffi::Error::Success();
 }
 
@@ -402,6 +458,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8DenseVnni, Int8DenseImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8ConvDenseVnni, Int8ConvDenseImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu")
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("bottom")
+                                  .Attr<int64_t>("left")
+                                  .Attr<int64_t>("right"));
 
 // 1 when this CPU runs the kernel's instructions (AVX-512 F, BW and VNNI), else 0.
 extern "C" int aivm_int8_matmul_vnni_supported() {
