@@ -149,10 +149,10 @@ struct Scratch {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
   }
 };
-thread_local Scratch a_scratch, b_scratch, row_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch, acc_scratch;
 
 // C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B;
-// `a` points at row m0 of A (rows of K bytes).
+// `a` and `c` point at row m0 of A (rows of K bytes) and of C (rows of N int32).
 template <int NV>
 void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int32_t* c, int64_t K, int64_t N,
                    int64_t Kp, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
@@ -173,7 +173,7 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
       const int8_t* bp = bpk + jr * Kp + pc * NR;
       for (int64_t ir = 0; ir < rows; ir += MR) {
         const int64_t mv = std::min(MR, rows - ir);
-        int32_t* crow = c + (m0 + ir) * N + jr;
+        int32_t* crow = c + ir * N + jr;
         for (int64_t r = 0; r < MR; ++r)
           for (int64_t v = 0; v < NV; ++v) {
             __m512i start = pc == 0 ? _mm512_maskz_loadu_epi32(masks[v], init + jr + 16 * v)
@@ -221,22 +221,43 @@ struct ConvRows {
   int64_t H, W, C, KH, KW, sh, sw, top, left, Ho, Wo;
   // Rows [m0, m1) into a thread-local buffer; returns it.
   const int8_t* gather_rows(const int8_t* x, int64_t m0, int64_t m1) const {
-    const int64_t K = KH * KW * C;
+    const int64_t K = KH * KW * C, span = KW * C;  // one kernel row: KW pixels, contiguous in NHWC
     int8_t* out = reinterpret_cast<int8_t*>(row_scratch.get((m1 - m0) * K));
+    int64_t b = m0 / (Ho * Wo), i = (m0 / Wo) % Ho, j = m0 % Wo;  // then stepped, not divided
     for (int64_t m = m0; m < m1; ++m) {
-      const int64_t b = m / (Ho * Wo), i = (m / Wo) % Ho, j = m % Wo;
       int8_t* row = out + (m - m0) * K;
-      for (int64_t p = 0; p < KH; ++p)
-        for (int64_t q = 0; q < KW; ++q) {
-          const int64_t y = i * sh + p - top, z = j * sw + q - left;
-          int8_t* dst = row + (p * KW + q) * C;
-          if (y < 0 || y >= H || z < 0 || z >= W)
-            std::memset(dst, 0, C);
-          else
-            std::memcpy(dst, x + ((b * H + y) * W + z) * C, C);
+      const int64_t z0 = j * sw - left;
+      const int64_t qa = std::max<int64_t>(0, -z0), qb = std::min<int64_t>(KW, W - z0);  // in-bounds q
+      for (int64_t p = 0; p < KH; ++p) {
+        const int64_t y = i * sh + p - top;
+        int8_t* dst = row + p * span;
+        if (y < 0 || y >= H || qa >= qb) {
+          copy_bytes(dst, nullptr, span);
+          continue;
         }
+        if (qa > 0) copy_bytes(dst, nullptr, qa * C);
+        copy_bytes(dst + qa * C, x + ((b * H + y) * W + z0 + qa) * C, (qb - qa) * C);
+        if (qb < KW) copy_bytes(dst + qb * C, nullptr, (KW - qb) * C);
+      }
+      if (++j == Wo) {
+        j = 0;
+        if (++i == Ho) i = 0, ++b;
+      }
     }
     return out;
+  }
+
+  // n bytes from src, or zeros when src is null; masked 64-byte moves below 64 bytes (no libc call).
+  static void copy_bytes(int8_t* dst, const int8_t* src, int64_t n) {
+    if (n >= 64) {
+      if (src != nullptr)
+        std::memcpy(dst, src, n);
+      else
+        std::memset(dst, 0, n);
+      return;
+    }
+    const __mmask64 k = (__mmask64{1} << n) - 1;
+    _mm512_mask_storeu_epi8(dst, k, src != nullptr ? _mm512_maskz_loadu_epi8(k, src) : _mm512_setzero_si512());
   }
 };
 
@@ -251,26 +272,48 @@ struct Epilogue {
   int32_t* out_s32;
 };
 
+// 8 columns: int64 (wrap32(acc + bias) * M + half) >> s, clamped to [lo, hi].
+inline __m512i epilogue8(__m256i x, const int64_t* mult, const int64_t* half, const int64_t* shift, __mmask8 k,
+                         __m512i lo, __m512i hi) {
+  const __m512i wide = _mm512_cvtepi32_epi64(x);
+  const __m512i product = _mm512_add_epi64(_mm512_mullo_epi64(wide, _mm512_maskz_loadu_epi64(k, mult)),
+                                           _mm512_maskz_loadu_epi64(k, half));
+  const __m512i y = _mm512_srav_epi64(product, _mm512_maskz_loadu_epi64(k, shift));
+  return _mm512_min_epi64(_mm512_max_epi64(y, lo), hi);
+}
+
+// Columns [n0, n1) of one row, 16 at a time (masked at the end).
 template <typename Out>
-void epilogue_row(const int32_t* __restrict acc, const int32_t* __restrict bias, const int64_t* __restrict mult,
-                  const int64_t* __restrict half, const int64_t* __restrict shift, int64_t lo, int64_t hi,
-                  Out* __restrict out, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) {  // vectorized by the compiler (vpmullq, vpsravq)
-    const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[n]) + static_cast<uint32_t>(bias[n]));
-    const int64_t y = (static_cast<int64_t>(x) * mult[n] + half[n]) >> shift[n];
-    out[n] = static_cast<Out>(std::min(std::max(y, lo), hi));
+void epilogue_row(const int32_t* acc, const Epilogue& e, Out* out, int64_t n0, int64_t n1) {
+  const __m512i lo = _mm512_set1_epi64(e.lo), hi = _mm512_set1_epi64(e.hi);
+  for (int64_t n = n0; n < n1; n += 16) {
+    const int64_t left = n1 - n;
+    const __mmask16 k = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+    const __m512i x = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, acc + n), _mm512_maskz_loadu_epi32(k, e.bias + n));
+    const __mmask8 k0 = static_cast<__mmask8>(k), k1 = static_cast<__mmask8>(k >> 8);
+    const __m512i y0 = epilogue8(_mm512_castsi512_si256(x), e.multiplier.data() + n, e.half.data() + n,
+                                 e.shift.data() + n, k0, lo, hi);
+    const __m512i y1 = epilogue8(_mm512_extracti64x4_epi64(x, 1), e.multiplier.data() + n + 8,
+                                 e.half.data() + n + 8, e.shift.data() + n + 8, k1, lo, hi);
+    if constexpr (sizeof(Out) == 1) {
+      const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(y0), _mm512_cvtepi64_epi8(y1));
+      _mm_mask_storeu_epi8(out + n, k, bytes);
+    } else {
+      const __m512i words = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y0)),
+                                               _mm512_cvtepi64_epi32(y1), 1);
+      _mm512_mask_storeu_epi32(out + n, k, words);
+    }
   }
 }
 
+// Output rows [m0, m1), columns [n0, n1); `acc` points at the int32 products of row m0.
 void apply_epilogue(const Epilogue& e, const int32_t* acc, int64_t N, int64_t m0, int64_t m1, int64_t n0,
                     int64_t n1) {
   for (int64_t m = m0; m < m1; ++m) {
     if (e.out_s8 != nullptr)
-      epilogue_row(acc + m * N, e.bias, e.multiplier.data(), e.half.data(), e.shift.data(), e.lo, e.hi,
-                   e.out_s8 + m * N, n0, n1);
+      epilogue_row(acc + (m - m0) * N, e, e.out_s8 + m * N, n0, n1);
     else
-      epilogue_row(acc + m * N, e.bias, e.multiplier.data(), e.half.data(), e.shift.data(), e.lo, e.hi,
-                   e.out_s32 + m * N, n0, n1);
+      epilogue_row(acc + (m - m0) * N, e, e.out_s32 + m * N, n0, n1);
   }
 }
 
@@ -310,8 +353,13 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
     const int64_t m0 = chunk * MC, m1 = std::min(rows, (chunk + 1) * MC);
     const int64_t p0 = group * per_group, p1 = std::min(panels, (group + 1) * per_group);
     const int8_t* a_rows = conv == nullptr ? a + m0 * K : conv->gather_rows(a, m0, m1);
-    compute_block<NV>(a_rows, bpk, init.data(), c, K, N, Kp, m0, m1, p0, p1);
-    if (epilogue != nullptr) apply_epilogue(*epilogue, c, N, m0, m1, p0 * NR, std::min(N, p1 * NR));
+    if (epilogue == nullptr) {
+      compute_block<NV>(a_rows, bpk, init.data(), c + m0 * N, K, N, Kp, m0, m1, p0, p1);
+    } else {  // int32 products in a cache-resident per-thread block, then straight to the output
+      int32_t* acc = reinterpret_cast<int32_t*>(acc_scratch.get(sizeof(int32_t) * (m1 - m0) * N));
+      compute_block<NV>(a_rows, bpk, init.data(), acc, K, N, Kp, m0, m1, p0, p1);
+      apply_epilogue(*epilogue, acc, N, m0, m1, p0 * NR, std::min(N, p1 * NR));
+    }
   };
   parallel_for(pool, chunks * groups, serial ? 0 : threads - 1, block);
 }
@@ -394,15 +442,16 @@ ffi::Error make_epilogue(ffi::Buffer<ffi::S32>& bias, ffi::Buffer<ffi::S32>& mul
 void run_dense(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int64_t rows, int64_t K, int64_t N,
                const Epilogue& e, const ConvRows* conv) {
   if (rows * N == 0) return;
-  std::vector<int32_t> acc(rows * N, 0);  // K == 0 leaves the zero product
-  if (K == 0)
-    apply_epilogue(e, acc.data(), N, 0, rows, 0, N);
-  else if (N <= 16)
-    gemm<1>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
-  else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
-    gemm<2>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
-  else
-    gemm<3>(pool, a, b, acc.data(), 1, false, false, rows, K, N, &e, conv);
+  if (K == 0) {  // the zero product
+    const std::vector<int32_t> zeros(rows * N, 0);
+    apply_epilogue(e, zeros.data(), N, 0, rows, 0, N);
+  } else if (N <= 16) {
+    gemm<1>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
+  } else if (N <= 32 || round_up(N, 32) < round_up(N, 48)) {
+    gemm<2>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
+  } else {
+    gemm<3>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
+  }
 }
 
 // dense: int8 (..., K) x int8 (K, N) -> bias_add -> requantize -> [relu], int8 or int32 (..., N).
