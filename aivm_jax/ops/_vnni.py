@@ -1,17 +1,20 @@
-"""The AVX-512 VNNI int8 GEMM kernel (``_native/int8_gemm_vnni.cc``): build, load, register with XLA.
+"""The project's CPU kernels (``_native/*.cc``): build, load, register with XLA.
 
-The kernel is C++ compiled once per source, compiler flags and jaxlib version
-into a shared library, and registered as XLA FFI custom calls (CPU only): ``aivm_int8_matmul_vnni``, and
-``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``, which run a matmul or
-conv2d (implicit im2col) with its bias_add, requantize and relu in one pass. It is built:
+C++ compiled once per sources, compiler flags and jaxlib version into one
+shared library, registered as XLA FFI custom calls (CPU only):
 
-* by `main` (``scripts/_venv.sh`` runs it at install), or
-* on first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH.
+* ``aivm_int8_matmul_vnni``: the exact int8 GEMM (``int8_gemm_vnni.cc``; its
+  exactness argument heads the source);
+* ``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``: a matmul or conv2d
+  (implicit im2col) with its bias_add, requantize and relu in one pass;
+* ``aivm_int8_pool``: int8 max and average pooling (``int8_pool.cc``).
 
-It is used only where the CPU has AVX-512 F, BW and VNNI. Where it cannot be
-built or run, `kernel_status` says why and `int8_matmul` stays on XLA's own
-int8 dot: both are exact, so the choice never changes a bit, only the speed.
-The exactness argument is written at the top of the C++ source.
+The library is built by `main` (``scripts/_venv.sh`` runs it at install) or on
+first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH. It is used
+only where the CPU has AVX-512 F, BW, DQ and VNNI. Where it cannot be built or
+run, `kernel_status` says why and the ops stay on XLA's own lowering: every
+kernel computes the opset's integers exactly, so the choice never changes a
+bit, only the speed. ``AIVM_INT8_GEMM=xla`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ __all__ = [
 TARGET_NAME = "aivm_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
-SOURCE = Path(__file__).with_name("_native") / "int8_gemm_vnni.cc"
+POOL_TARGET_NAME = "aivm_int8_pool"
+SOURCES = tuple(Path(__file__).with_name("_native") / name for name in ("int8_gemm_vnni.cc", "int8_pool.cc"))
 CXX_FLAGS = (
     "-O3",
     "-std=c++17",
@@ -61,16 +65,17 @@ def _library_name() -> str:
     import jaxlib
 
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     key.update(" ".join(CXX_FLAGS).encode())
     key.update(jaxlib.__version__.encode())
-    return f"int8_gemm_vnni-{key.hexdigest()[:16]}.so"
+    return f"aivm_cpu_kernels-{key.hexdigest()[:16]}.so"
 
 
 def _build_dirs() -> list[Path]:
     """Where a built library may live: beside the source, then the user's cache."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
-    return [SOURCE.parent / "build", cache]
+    return [SOURCES[0].parent / "build", cache]
 
 
 def _existing_library() -> Path | None:
@@ -108,13 +113,13 @@ def build_kernel(verbose: bool = False) -> Path:
                     print(f"compiling the int8 GEMM kernel into {target}", file=sys.stderr)
                 fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
                 os.close(fd)
-                command = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
+                command = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, *map(str, SOURCES)]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
                     os.unlink(partial)
                     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
                 os.replace(partial, target)
-                for stale in directory.glob("int8_gemm_vnni-*.so"):  # libraries of older sources
+                for stale in directory.glob("aivm_cpu_kernels-*.so"):  # libraries of older sources
                     if stale != target:
                         stale.unlink(missing_ok=True)
                 return target
@@ -133,7 +138,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except (RuntimeError, OSError) as error:
         return None, f"unavailable: {error}"
     if not library.aivm_int8_matmul_vnni_supported():
-        return None, "unavailable: this CPU lacks AVX-512 VNNI"
+        return None, "unavailable: this CPU lacks AVX-512 F, BW, DQ or VNNI"
     return library, f"avx512-vnni ({path.name})"
 
 
@@ -149,6 +154,7 @@ def register_kernel() -> bool:
         (TARGET_NAME, library.AivmInt8MatmulVnni),
         (DENSE_TARGET_NAME, library.AivmInt8DenseVnni),
         (CONV_TARGET_NAME, library.AivmInt8ConvDenseVnni),
+        (POOL_TARGET_NAME, library.AivmInt8Pool),
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
+from aivm_jax.ops._vnni import POOL_TARGET_NAME, register_kernel
 
 __all__ = [
     "add",
@@ -108,21 +109,45 @@ def _window(window, strides, padding):
 
 def max_pool(x, *, window, strides, padding) -> jax.Array:
     """``reduce_window(max)`` padded with the dtype's minimum, which never wins
-    against an in-bounds value (every window has one)."""
-    dims, steps, pads = _window(window, strides, padding)
-    init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
-    return lax.reduce_window(x, init, lax.max, dims, steps, pads)
+    against an in-bounds value (every window has one). int8 on VNNI CPUs: the
+    project's pooling kernel (same integers)."""
+
+    def xla(x):
+        dims, steps, pads = _window(window, strides, padding)
+        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+        return lax.reduce_window(x, init, lax.max, dims, steps, pads)
+
+    return _pool(x, xla, average=False, window=window, strides=strides, padding=padding)
 
 
 def avg_pool(x, *, window, strides, padding) -> jax.Array:
     """Window sums and in-bounds counts by ``reduce_window(add)`` in int32, then
-    ``(2S + n) // (2n)``. Sums of at most 2**23 int8 values cannot overflow."""
-    dims, steps, pads = _window(window, strides, padding)
-    zero = jnp.array(0, jnp.int32)
-    total = lax.reduce_window(x.astype(jnp.int32), zero, lax.add, dims, steps, pads)
-    ones = jnp.ones((1, *x.shape[1:3], 1), jnp.int32)
-    count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
-    return ((2 * total + count) // (2 * count)).astype(x.dtype)
+    ``(2S + n) // (2n)``. Sums of at most 2**23 int8 values cannot overflow.
+    int8 on VNNI CPUs: the project's pooling kernel (same integers)."""
+
+    def xla(x):
+        dims, steps, pads = _window(window, strides, padding)
+        zero = jnp.array(0, jnp.int32)
+        total = lax.reduce_window(x.astype(jnp.int32), zero, lax.add, dims, steps, pads)
+        ones = jnp.ones((1, *x.shape[1:3], 1), jnp.int32)
+        count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
+        return ((2 * total + count) // (2 * count)).astype(x.dtype)
+
+    return _pool(x, xla, average=True, window=window, strides=strides, padding=padding)
+
+
+def _pool(x, xla, *, average: bool, window, strides, padding) -> jax.Array:
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
+    if x.dtype != jnp.int8 or kh * kw > 2**22 or not register_kernel():  # the kernel's int32 bound
+        return xla(x)
+    out_hw = ((x.shape[1] + top + bottom - kh) // sh + 1, (x.shape[2] + left + right - kw) // sw + 1)
+    out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), jnp.int8)
+    geometry = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "top": top, "left": left}
+
+    def kernel(x):
+        return jax.ffi.ffi_call(POOL_TARGET_NAME, out)(x, average=average, **geometry)
+
+    return lax.platform_dependent(x, cpu=kernel, default=xla)
 
 
 def reshape(x: jax.Array, *, shape: Sequence[int]) -> jax.Array:

@@ -40,7 +40,7 @@ EDGE_SHAPES = [  # (M, K, N)
 
 def _cpu_has_vnni() -> bool:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return all(f" {flag}" in flags for flag in ("avx512f", "avx512bw", "avx512_vnni"))
+    return all(f" {flag}" in flags for flag in ("avx512f", "avx512bw", "avx512dq", "avx512_vnni"))
 
 
 def _exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -143,3 +143,26 @@ def test_the_xla_engine_is_selectable_and_gives_the_same_bits():
     a = rng.integers(-128, 128, (70, 300), dtype=np.int8)
     b = rng.integers(-128, 128, (300, 50), dtype=np.int8)
     assert int(total) == int(np.asarray(int8_matmul(a, b)).astype(np.int64).sum())
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize(
+    ("window", "strides", "padding"),
+    [
+        ((2, 2), (2, 2), ((0, 0), (0, 0))),
+        ((3, 3), (1, 1), ((1, 1), (1, 1))),
+        ((3, 2), (2, 3), ((2, 0), (1, 1))),
+    ],
+)
+def test_pooling_kernel_equals_the_reference_on_extremes(op, window, strides, padding):
+    from aivm_jax.ops import lowering
+
+    rng = np.random.default_rng(len(op) + sum(window))
+    x = rng.integers(-128, 128, (4, 9, 11, 70), dtype=np.int8)  # 70 channels: one full and one masked step
+    x[0] = -128
+    x[1] = 127
+    x[2, ::2] = -128  # ties at every half
+    attrs = {"window": window, "strides": strides, "padding": padding}
+    want = getattr(reference, op)(x, **attrs)
+    got = jax.jit(lambda v: getattr(lowering, op)(v, **attrs))(x)
+    np.testing.assert_array_equal(np.asarray(got), want)

@@ -527,9 +527,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8ConvDenseVnni, Int8ConvDenseImpl,
                                   .Attr<int64_t>("left")
                                   .Attr<int64_t>("right"));
 
-// 1 when this CPU runs the kernel's instructions (AVX-512 F, BW and VNNI), else 0.
+// 1 when this CPU runs the kernels' instructions (AVX-512 F, BW, DQ and VNNI), else 0.
 extern "C" int aivm_int8_matmul_vnni_supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vnni");
 }
