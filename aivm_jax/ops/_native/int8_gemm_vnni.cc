@@ -149,7 +149,7 @@ struct Scratch {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
   }
 };
-thread_local Scratch a_scratch, b_scratch, row_scratch, acc_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch, acc_scratch, packed_scratch, epilogue_scratch;
 
 // C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B;
 // `a` and `c` point at row m0 of A (rows of K bytes) and of C (rows of N int32).
@@ -266,7 +266,7 @@ struct ConvRows {
 // <= 2**61, so nothing overflows), then relu as a lower bound of 0. Same integers as the ops one by one.
 struct Epilogue {
   const int32_t* bias;
-  std::vector<int64_t> multiplier, half, shift;
+  const int64_t *multiplier, *half, *shift;  // per column; in the calling thread's scratch
   int64_t lo, hi;
   int8_t* out_s8;    // one of the two is set
   int32_t* out_s32;
@@ -291,10 +291,10 @@ void epilogue_row(const int32_t* acc, const Epilogue& e, Out* out, int64_t n0, i
     const __mmask16 k = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
     const __m512i x = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, acc + n), _mm512_maskz_loadu_epi32(k, e.bias + n));
     const __mmask8 k0 = static_cast<__mmask8>(k), k1 = static_cast<__mmask8>(k >> 8);
-    const __m512i y0 = epilogue8(_mm512_castsi512_si256(x), e.multiplier.data() + n, e.half.data() + n,
-                                 e.shift.data() + n, k0, lo, hi);
-    const __m512i y1 = epilogue8(_mm512_extracti64x4_epi64(x, 1), e.multiplier.data() + n + 8,
-                                 e.half.data() + n + 8, e.shift.data() + n + 8, k1, lo, hi);
+    const __m512i y0 = epilogue8(_mm512_castsi512_si256(x), e.multiplier + n, e.half + n,
+                                 e.shift + n, k0, lo, hi);
+    const __m512i y1 = epilogue8(_mm512_extracti64x4_epi64(x, 1), e.multiplier + n + 8,
+                                 e.half + n + 8, e.shift + n + 8, k1, lo, hi);
     if constexpr (sizeof(Out) == 1) {
       const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(y0), _mm512_cvtepi64_epi8(y1));
       _mm_mask_storeu_epi8(out + n, k, bytes);
@@ -323,8 +323,9 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
           const ConvRows* conv = nullptr) {
   constexpr int64_t NR = 16 * NV;
   const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const bool serial = batch * M * K * N < kSerialMacs || threads == 1;
+  const bool small = batch * M * K * N < kSerialMacs;
+  const int64_t threads = small ? 1 : std::max<int64_t>(1, pool.num_threads());
+  const bool serial = threads == 1;
   if (b_batched) {  // one task per product: pack its B, then all its rows
     auto one = [&](int64_t i) {
       int8_t* bpk = reinterpret_cast<int8_t*>(b_scratch.get(Kp * Np + 4 * Np));
@@ -338,12 +339,13 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
     return;
   }
   const int64_t rows = batch * M;  // leading axes of A flatten into rows; B is shared
-  std::unique_ptr<int8_t[]> packed(new int8_t[Kp * Np + 64]);
-  int8_t* bpk = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(packed.get()) + 63) & ~uintptr_t{63});
-  std::vector<int32_t> init(N);
+  // Packed B and the column starts live in the calling thread's scratch; helpers only read them,
+  // and this thread waits for every task before returning.
+  int8_t* bpk = reinterpret_cast<int8_t*>(packed_scratch.get(Kp * Np + 4 * Np));
+  int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);
   auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, bpk + p * NR * Kp); };
   parallel_for(pool, panels, serial ? 0 : threads - 1, pack);
-  column_init(b, K, N, init.data());
+  column_init(b, K, N, init);
   // Tasks: MC-row chunks x groups of column panels, at least 2 per thread when the shape allows.
   const int64_t chunks = (rows + MC - 1) / MC;
   const int64_t groups = serial ? 1 : std::min(panels, std::max<int64_t>(1, (2 * threads + chunks - 1) / chunks));
@@ -354,10 +356,10 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
     const int64_t p0 = group * per_group, p1 = std::min(panels, (group + 1) * per_group);
     const int8_t* a_rows = conv == nullptr ? a + m0 * K : conv->gather_rows(a, m0, m1);
     if (epilogue == nullptr) {
-      compute_block<NV>(a_rows, bpk, init.data(), c + m0 * N, K, N, Kp, m0, m1, p0, p1);
+      compute_block<NV>(a_rows, bpk, init, c + m0 * N, K, N, Kp, m0, m1, p0, p1);
     } else {  // int32 products in a cache-resident per-thread block, then straight to the output
       int32_t* acc = reinterpret_cast<int32_t*>(acc_scratch.get(sizeof(int32_t) * (m1 - m0) * N));
-      compute_block<NV>(a_rows, bpk, init.data(), acc, K, N, Kp, m0, m1, p0, p1);
+      compute_block<NV>(a_rows, bpk, init, acc, K, N, Kp, m0, m1, p0, p1);
       apply_epilogue(*epilogue, acc, N, m0, m1, p0 * NR, std::min(N, p1 * NR));
     }
   };
@@ -414,15 +416,15 @@ ffi::Error make_epilogue(ffi::Buffer<ffi::S32>& bias, ffi::Buffer<ffi::S32>& mul
   if (bias.element_count() != N || multiplier.element_count() != N || shift.element_count() != N)
     return ffi::Error::InvalidArgument("aivm_int8_dense: bias, multiplier and shift must have N values");
   e.bias = bias.typed_data();
-  e.multiplier.resize(N);
-  e.half.resize(N);
-  e.shift.resize(N);
+  int64_t* columns = reinterpret_cast<int64_t*>(epilogue_scratch.get(3 * sizeof(int64_t) * N));
+  int64_t *mult = columns, *half = columns + N, *shifts = columns + 2 * N;
+  e.multiplier = mult, e.half = half, e.shift = shifts;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t sh = shift.typed_data()[n];
     if (sh < 0 || sh > 62) return ffi::Error::InvalidArgument("aivm_int8_dense: shift outside [0, 62]");
-    e.multiplier[n] = multiplier.typed_data()[n];
-    e.shift[n] = sh;
-    e.half[n] = sh > 0 ? int64_t{1} << (sh - 1) : 0;
+    mult[n] = multiplier.typed_data()[n];
+    shifts[n] = sh;
+    half[n] = sh > 0 ? int64_t{1} << (sh - 1) : 0;
   }
   e.out_s8 = nullptr;
   e.out_s32 = nullptr;
