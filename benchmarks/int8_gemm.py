@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/int8_gemm.py [--repeats N]
 
-Same run, same operands, median of N calls after warm-up. onnxruntime gets
+Same run, same operands, median of N calls after warm-up. "aivm" is
+`int8_matmul` as the runtime runs it (the project's AVX-512 VNNI kernel where
+the CPU has it, see the "engine" line); "xla dot" is XLA's own s8 dot, the
+engine it replaces, for reference. onnxruntime gets
 what its fast kernel wants: uint8 activations (the int8 values + 128, with
 zero point 128) times int8 weights. Both results are checked against the
 exact int64 product before timing. Shapes: 1024^3, the digits-mlp layers at
@@ -21,6 +24,7 @@ import numpy as np
 from _timing import machine_line, median_seconds
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
+from aivm_jax.ops._gemm import _xla_matmul, kernel_status
 from aivm_jax.quant import int8_matmul
 
 SHAPES = [
@@ -58,11 +62,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     print(machine_line())
-    header = f"{'shape':16s} {'M x K x N':>18s} {'onnxruntime GOP/s':>18s} {'aivm GOP/s':>11s} {'ratio':>6s}"
+    print(f"engine: {kernel_status()}")
+    header = (
+        f"{'shape':16s} {'M x K x N':>18s} {'onnxruntime GOP/s':>18s} {'xla dot GOP/s':>14s} "
+        f"{'aivm GOP/s':>11s} {'ratio':>6s}"
+    )
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
     gemm = jax.jit(int8_matmul)
+    xla_gemm = jax.jit(_xla_matmul)
     for name, m, k, n in SHAPES:
         a = rng.integers(-128, 128, (m, k), dtype=np.int8)
         b = rng.integers(-128, 128, (k, n), dtype=np.int8)
@@ -74,9 +83,11 @@ def main() -> None:
         assert np.array_equal(np.asarray(gemm(a_dev, b_dev)), exact), "int8_matmul is not exact"
         ops = 2 * m * k * n
         ort_rate = ops / median_seconds(args.repeats, session.run, None, feeds) / 1e9
+        xla_rate = ops / median_seconds(args.repeats, xla_gemm, a_dev, b_dev) / 1e9
         aivm_rate = ops / median_seconds(args.repeats, gemm, a_dev, b_dev) / 1e9
         print(
-            f"{name:16s} {f'{m}x{k}x{n}':>18s} {ort_rate:18.1f} {aivm_rate:11.1f} {aivm_rate / ort_rate:5.2f}x"
+            f"{name:16s} {f'{m}x{k}x{n}':>18s} {ort_rate:18.1f} {xla_rate:14.1f} {aivm_rate:11.1f} "
+            f"{aivm_rate / ort_rate:5.2f}x"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak:.0f} MB (both engines, all shapes)")

@@ -7,7 +7,8 @@ shared library, registered as XLA FFI custom calls (CPU only):
   exactness argument heads the source);
 * ``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``: a matmul or conv2d
   (implicit im2col) with its bias_add, requantize and relu in one pass;
-* ``aivm_int8_pool``: int8 max and average pooling (``int8_pool.cc``).
+* ``aivm_int8_pool``: int8 max and average pooling (``int8_pool.cc``);
+* ``aivm_int_softmax``: the integer softmax, row by row (``int_softmax.cc``).
 
 The library is built by `main` (``scripts/_venv.sh`` runs it at install) or on
 first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH. It is used
@@ -43,7 +44,8 @@ TARGET_NAME = "aivm_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
 POOL_TARGET_NAME = "aivm_int8_pool"
-SOURCES = tuple(Path(__file__).with_name("_native") / name for name in ("int8_gemm_vnni.cc", "int8_pool.cc"))
+SOFTMAX_TARGET_NAME = "aivm_int_softmax"
+SOURCES = tuple(Path(__file__).with_name("_native") / name for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc"))
 CXX_FLAGS = (
     "-O3",
     "-std=c++17",
@@ -155,6 +157,7 @@ def register_kernel() -> bool:
         (DENSE_TARGET_NAME, library.AivmInt8DenseVnni),
         (CONV_TARGET_NAME, library.AivmInt8ConvDenseVnni),
         (POOL_TARGET_NAME, library.AivmInt8Pool),
+        (SOFTMAX_TARGET_NAME, library.AivmIntSoftmax),
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True

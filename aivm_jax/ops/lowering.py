@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
-from aivm_jax.ops._vnni import POOL_TARGET_NAME, register_kernel
+from aivm_jax.ops._vnni import POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, register_kernel
 
 __all__ = [
     "add",
@@ -252,7 +252,22 @@ def _keep(x_shape, mask, causal):
 def softmax(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
     """Masked max in int32; the distance ``m - x`` (in ``[0, 2**32)``) in uint32, where
     it is exact; table lookup and shift in int32; row sums, the per-row reciprocal
-    and the normalizing product in int64."""
+    and the normalizing product in int64. On VNNI CPUs the project's row-wise
+    kernel (``_native/int_softmax.cc``, same integers)."""
+    if register_kernel() and x.dtype == jnp.int32 and mask.dtype == jnp.int8 and table.dtype == jnp.int32:
+
+        def kernel(x, mask, table):
+            out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+            return jax.ffi.ffi_call(SOFTMAX_TARGET_NAME, out)(x, mask, table, causal=causal, out_bits=out_bits)
+
+        def xla(x, mask, table):
+            return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)
+
+        return lax.platform_dependent(x, mask, table, cpu=kernel, default=xla)
+    return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)
+
+
+def _softmax_xla(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
     k = int(table.shape[0]).bit_length() - 1
     keep = _keep(x.shape, mask, causal)
     row_max = jnp.max(jnp.where(keep, x, jnp.iinfo(jnp.int32).min), axis=-1, keepdims=True)

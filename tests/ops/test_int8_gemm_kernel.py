@@ -166,3 +166,27 @@ def test_pooling_kernel_equals_the_reference_on_extremes(op, window, strides, pa
     want = getattr(reference, op)(x, **attrs)
     got = jax.jit(lambda v: getattr(lowering, op)(v, **attrs))(x)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_kernel_equals_the_reference_on_extremes(causal):
+    from aivm_jax.ops import lowering
+
+    rng = np.random.default_rng(11)
+    x = rng.integers(-(2**31), 2**31, (3, 4, 5, 130), dtype=np.int64).astype(np.int32)  # 60 rows of 130 keys
+    x[0, 0, 0] = [2**31 - 1, -(2**31)] * 65  # distances up to 2**32 - 1
+    x[1, :, :, :60] = rng.integers(-40, 40, (4, 5, 60))  # rows with real probability mass
+    mask = rng.integers(0, 2, (3, 130)).astype(np.int8)
+    mask[2] = 0  # a batch with every key masked
+    table = np.round(2**30 * 2.0 ** (-np.arange(256) / 256)).astype(np.int32)
+    attrs = {"causal": causal, "out_bits": 15}
+    want = reference.softmax(x, mask, table, **attrs)
+    fn = jax.jit(lambda *a: lowering.softmax(*a, **attrs))
+    np.testing.assert_array_equal(np.asarray(fn(x, mask, table)), want)
+    if kernel_status().startswith("avx512-vnni"):
+        assert "aivm_int_softmax" in fn.lower(x, mask, table).as_text()
+    big = np.tile(x, (8, 1, 1, 1))  # 480 rows x 130 keys: split over the thread pool
+    np.testing.assert_array_equal(
+        np.asarray(fn(big, np.tile(mask, (8, 1)), table)),
+        reference.softmax(big, np.tile(mask, (8, 1)), table, **attrs),
+    )

@@ -25,9 +25,12 @@
 #include <memory>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using aivm::parallel_for;
+using aivm::Scratch;
 
 namespace {
 
@@ -142,13 +145,6 @@ void pack_a_block(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, in
   }
 }
 
-struct Scratch {
-  std::vector<uint8_t, std::allocator<uint8_t>> raw;
-  uint8_t* get(size_t bytes) {
-    if (raw.size() < bytes + 64) raw.resize(bytes + 64);
-    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
-  }
-};
 thread_local Scratch a_scratch, b_scratch, row_scratch, acc_scratch, packed_scratch, epilogue_scratch;
 
 // C rows [m0, m1), column panels [p0, p1) of one (M, K) x (K, N) product, from a packed B;
@@ -188,31 +184,6 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
       }
     }
   }
-}
-
-// Runs fn(0..n-1) on the caller and up to `helpers` pool threads; returns when all are done.
-// Late pool tasks find no index left and touch nothing but the shared counters.
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t helpers, F& fn) {
-  helpers = std::min(helpers, n - 1);
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto state = std::make_shared<State>();
-  F* body = &fn;
-  auto work = [state, body, n]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      (*body)(i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
-  work();
-  while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
 }
 
 // Implicit im2col for a 2-D convolution (NHWC input, zero padding): row m = (b, i, j) of the virtual
