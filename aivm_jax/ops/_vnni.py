@@ -45,7 +45,10 @@ DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
 POOL_TARGET_NAME = "aivm_int8_pool"
 SOFTMAX_TARGET_NAME = "aivm_int_softmax"
-SOURCES = tuple(Path(__file__).with_name("_native") / name for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc"))
+SOURCES = tuple(
+    Path(__file__).with_name("_native") / name
+    for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc")
+)
 CXX_FLAGS = (
     "-O3",
     "-std=c++17",

@@ -258,7 +258,9 @@ def softmax(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
 
         def kernel(x, mask, table):
             out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
-            return jax.ffi.ffi_call(SOFTMAX_TARGET_NAME, out)(x, mask, table, causal=causal, out_bits=out_bits)
+            return jax.ffi.ffi_call(SOFTMAX_TARGET_NAME, out)(
+                x, mask, table, causal=causal, out_bits=out_bits
+            )
 
         def xla(x, mask, table):
             return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)

@@ -18,7 +18,8 @@ ways a backend could still introduce non-determinism or a float:
 TPU needs no flag: its integer units are exact and the MXU is never asked for
 a float product. The flags take effect only if they are set before JAX creates
 its backends, which is why ``import aivm_jax`` applies them at import time;
-`determinism_report` says whether they are in force.
+`determinism_report` says whether they are in force, and which CPU kernels
+run (`aivm_jax.ops._vnni`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def apply_determinism_flags() -> None:
 
 
 def determinism_report() -> dict[str, object]:
-    """What is in force: the XLA flags, JAX's version and backend, and the devices."""
+    """What is in force: the XLA flags, JAX's version and backend, the devices and the CPU kernels."""
     import jax
+
+    from aivm_jax.ops._vnni import kernel_status
 
     flags = os.environ.get("XLA_FLAGS", "").split()
     return {
@@ -57,4 +60,5 @@ def determinism_report() -> dict[str, object]:
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "cpu_kernels": kernel_status(),
     }

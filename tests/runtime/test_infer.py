@@ -113,3 +113,4 @@ def test_quantize_input_rounds_half_up_and_saturates():
 def test_determinism_flags_are_in_force():
     report = aivm_jax.determinism_report()
     assert report["determinism_flags_set"], report["xla_flags"]
+    assert report["cpu_kernels"].split(":")[0].split(" ")[0] in ("avx512-vnni", "unavailable", "off")
