@@ -40,6 +40,7 @@ from aivm_jax.models._minilm import (
     minilm_source,
     tokenize_batch,
 )
+from aivm_jax.ops._vnni import kernel_status
 from aivm_jax.runtime._infer import _compiled_for
 
 VISIBLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "minilm_visible.json"
@@ -79,7 +80,7 @@ def main() -> None:
     entry = _compiled_for(program)
     device_params = entry.params_on(None)
     st_model = _sentence_transformers()
-    print(f"{machine_line()}; model {program.model_id[:18]}...")
+    print(f"{machine_line()}; model {program.model_id[:18]}...; engine: {kernel_status()}")
     header = (
         f"{'workload':11s} {'tokens':>6s} {'float jax':>10s} {'s-t torch':>10s} {'aivm jit':>9s} "
         f"{'vs jax':>7s} {'vs s-t':>7s} {'aivm embed':>11s} {'vs jax':>7s} {'vs s-t':>7s}"

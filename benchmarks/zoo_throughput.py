@@ -30,6 +30,7 @@ from aivm_jax.models import (
     load_digits_data,
     train_float_model,
 )
+from aivm_jax.ops._vnni import kernel_status
 from aivm_jax.runtime import infer
 from aivm_jax.runtime._infer import _compiled_for
 
@@ -74,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load_digits_data()
     print(machine_line())
+    print(f"engine: {kernel_status()}")
     header = (
         f"{'model':12s} {'batch':>5s} {'float jax':>11s} {'ort qdq':>11s} {'aivm jit':>11s} {'vs jax':>7s} "
         f"{'vs ort':>7s} {'aivm infer':>11s} {'vs jax':>7s} {'vs ort':>7s}"
