@@ -78,7 +78,6 @@ def main() -> None:
     weights = {k: jnp.asarray(v) for k, v in load_minilm_weights().items() if k != "embeddings.position_ids"}
     float_fn = jax.jit(lambda ids, mask: minilm_float_embed(weights, ids, mask, xp=jnp))
     entry = _compiled_for(program)
-    device_params = entry.params_on(None)
     st_model = _sentence_transformers()
     print(f"{machine_line()}; model {program.model_id[:18]}...; engine: {kernel_status()}")
     header = (
@@ -94,7 +93,7 @@ def main() -> None:
         n, repeats = len(texts), args.repeats
         rate = {
             "jax": n / median_seconds(repeats, partial(float_fn, ids, mask), warmup=2),
-            "jit": n / median_seconds(repeats, partial(entry.fn, device_params, feeds), warmup=2),
+            "jit": n / median_seconds(repeats, partial(entry.run_local, feeds), warmup=2),
             "embed": n / median_seconds(repeats, partial(aivm_jax.embed, program, texts), warmup=2),
         }
         if st_model is not None:

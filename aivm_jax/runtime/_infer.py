@@ -50,16 +50,37 @@ class InferenceResult:
     output_hash: str
 
 
+# Programs whose parameters fit in this many bytes run on one device with the
+# parameters compiled into the executable as constants: a call then passes only
+# the inputs (JAX's dispatch costs about 0.15 us per argument array).
+EMBEDDED_PARAMS_MAX_BYTES = 1 << 20
+
+
 class _Compiled:
-    """One program's jitted function and its parameters placed per device set."""
+    """One program's jitted functions and its parameters placed per device set."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
         self.fn = jax.jit(self._run)
+        small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
+        self._embedded = jax.jit(self._run_embedded) if small else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
 
     def _run(self, params, feeds):
         return evaluate(self.program, feeds, params, "lowering", fuse=True)
+
+    def _run_embedded(self, feeds):
+        return evaluate(self.program, feeds, self.program.params, "lowering", fuse=True)
+
+    def run_local(self, feeds):
+        """The program on JAX's default device: parameters as constants when small, else as arguments."""
+        if self._embedded is not None:
+            return self._embedded(feeds)
+        return self.fn(self.params_on(None), feeds)
+
+    def local_cache_size(self) -> int:
+        """How many executables `run_local` has compiled (one per input shape)."""
+        return (self._embedded or self.fn)._cache_size()
 
     def params_on(self, sharding) -> dict[str, jax.Array]:
         key = (sharding,)
@@ -200,7 +221,7 @@ def infer(
     elif mode == "jit":
         entry = _compiled_for(program)
         if devices is None:
-            outs = [np.asarray(o) for o in entry.fn(entry.params_on(None), feeds)]
+            outs = [np.asarray(o) for o in entry.run_local(feeds)]
         else:
             chosen = jax.local_devices() if devices == "all" else list(devices)
             outs = _run_sharded(entry, feeds, chosen)
