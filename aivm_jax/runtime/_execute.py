@@ -1,15 +1,17 @@
-"""The graph interpreter: runs a program's nodes in order with one of the two op implementations."""
+"""The graph interpreter: runs a program's nodes in order with one of the two op implementations,
+whole or in segments."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from aivm_jax.ops import OPSET
 from aivm_jax.ops._fusion import FusedDense, fuse_dense_chains, run_fused
-from aivm_jax.program import Program
+from aivm_jax.program import Node, Program
 
-__all__ = ["evaluate"]
+__all__ = ["Segment", "evaluate", "plan_segments", "run_steps"]
 
 Implementation = Literal["lowering", "reference"]
 
@@ -32,10 +34,55 @@ def evaluate(
     """
     values: dict[str, Any] = {**params, **feeds}
     steps = fuse_dense_chains(program) if fuse and implementation == "lowering" else program.nodes
-    for node in steps:
-        if isinstance(node, FusedDense):
-            values[node.output] = run_fused(node, values)
-            continue
-        fn = getattr(OPSET[node.op], implementation)
-        values[node.output] = fn(*(values[name] for name in node.inputs), **node.attrs)
+    run_steps(steps, values, implementation)
     return [values[spec.name] for spec in program.outputs]
+
+
+Step = Node | FusedDense
+
+
+def run_steps(steps: Sequence[Step], values: dict[str, Any], implementation: Implementation) -> None:
+    """Apply ``steps`` in order, adding each output to ``values`` (name -> array)."""
+    for step in steps:
+        if isinstance(step, FusedDense):
+            values[step.output] = run_fused(step, values)
+            continue
+        fn = getattr(OPSET[step.op], implementation)
+        values[step.output] = fn(*(values[name] for name in step.inputs), **step.attrs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A run of consecutive steps: the values it ``reads`` from inputs or earlier segments,
+    the ``params`` it reads, and the values it ``writes`` for later segments or the outputs."""
+
+    steps: tuple[Step, ...]
+    reads: tuple[str, ...]
+    params: tuple[str, ...]
+    writes: tuple[str, ...]
+
+
+def _step_inputs(step: Step) -> tuple[str, ...]:
+    if isinstance(step, FusedDense):
+        return tuple(n for n in (step.x, step.w, step.bias, step.multiplier, step.shift) if n is not None)
+    return tuple(step.inputs)
+
+
+def plan_segments(program: Program, steps: Sequence[Step], size: int) -> list[Segment]:
+    """Cut ``steps`` into segments of at most ``size`` steps, with what flows between them."""
+    chunks = [tuple(steps[i : i + size]) for i in range(0, len(steps), size)]
+    outputs = {spec.name for spec in program.outputs}
+    segments = []
+    for i, chunk in enumerate(chunks):
+        produced = {step.output for step in chunk}
+        used = {name for step in chunk for name in _step_inputs(step)}
+        later = {name for rest in chunks[i + 1 :] for step in rest for name in _step_inputs(step)} | outputs
+        segments.append(
+            Segment(
+                steps=chunk,
+                reads=tuple(sorted(used - produced - set(program.params))),
+                params=tuple(sorted(used & set(program.params))),
+                writes=tuple(sorted(produced & later)),
+            )
+        )
+    return segments

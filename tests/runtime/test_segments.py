@@ -1,0 +1,38 @@
+"""Long programs run as a chain of compiled segments: the plan is complete and the bits do not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import aivm_jax
+from aivm_jax.ops._fusion import fuse_dense_chains
+from aivm_jax.runtime import _infer
+from aivm_jax.runtime._execute import plan_segments
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_the_plan_covers_every_step_and_every_value_flows(shipped_program, size):
+    program = shipped_program
+    steps = fuse_dense_chains(program)
+    segments = plan_segments(program, steps, size)
+    assert [step for segment in segments for step in segment.steps] == steps
+    available = {spec.name for spec in program.inputs}
+    for segment in segments:
+        assert set(segment.reads) <= available  # read only what inputs or earlier segments wrote
+        assert set(segment.params) <= set(program.params)
+        available |= set(segment.writes)
+    assert {spec.name for spec in program.outputs} <= available
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_segmented_runs_give_the_same_bits(shipped_program, fixed_inputs, monkeypatch, size):
+    monkeypatch.setattr(_infer, "SEGMENT_STEPS", size)
+    entry = _infer._Compiled(shipped_program)  # a fresh entry, built with the small segment size
+    assert len(entry._segments) >= 2
+    monkeypatch.setitem(_infer._compiled, shipped_program.model_id, entry)
+    segmented = aivm_jax.infer(shipped_program, fixed_inputs)
+    reference = aivm_jax.infer(shipped_program, fixed_inputs, mode="reference")
+    np.testing.assert_array_equal(segmented.outputs, reference.outputs)
+    assert segmented.output_hash == reference.output_hash
+    assert entry.local_cache_size() == 1
