@@ -12,7 +12,12 @@ Every contender runs in this process on the same token ids, after warm-up
   bucket, checks, row hashes, normalization);
 * float jax: the same model in float32 JAX (`minilm_float_embed`, jit);
 * sentence-transformers: `SentenceTransformer.encode` on torch CPU, when the
-  optional benchmark extra is installed (`pip install -e '.[bench]'`).
+  optional benchmark extra is installed (`pip install -e '.[bench]'`);
+* ort qdq: onnxruntime on the same model quantized: the float model with
+  mean pooling exported to ONNX (torch's TorchScript exporter), then
+  `quantize_static` (QDQ, int8 per-channel weights and int8 activations on
+  every MatMul, calibrated on the 64 calibration sentences); ids and mask in,
+  pooled float out. Its worst cosine to the float embedding is printed.
 
 Ratios are sentences/s of the AIVM divided by the peer's; > 1 means the AIVM is faster.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -68,6 +74,62 @@ def _sentence_transformers():
     return SentenceTransformer(str(minilm_source()), device="cpu")
 
 
+def _ort_qdq_session(st_model, tokenizer):
+    """onnxruntime session of the float model quantized to QDQ int8, and its worst cosine; None without it."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        import torch
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        return None
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids, mask):
+            hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    ids, mask = tokenize_batch(tokenizer, list(CALIBRATION_SENTENCES))
+    ids, mask = ids.astype(np.int64), mask.astype(np.int64)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter({"ids": ids[i : i + 1], "mask": mask[i : i + 1]} for i in range(len(ids)))
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    with tempfile.TemporaryDirectory() as work:
+        example = (torch.tensor(ids[:2]), torch.tensor(mask[:2]))
+        axes = {"ids": {0: "batch", 1: "tokens"}, "mask": {0: "batch", 1: "tokens"}}
+        model = Pooled(st_model[0].auto_model.eval())
+        torch.onnx.export(
+            model, example, f"{work}/float.onnx", input_names=["ids", "mask"], output_names=["embedding"],
+            dynamic_axes=axes, opset_version=17, dynamo=False,
+        )  # fmt: skip
+        quantize_static(
+            f"{work}/float.onnx",
+            f"{work}/qdq.onnx",
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        session = ort.InferenceSession(f"{work}/qdq.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {"ids": ids, "mask": mask})[0]
+    with torch.no_grad():
+        want = model(torch.tensor(ids), torch.tensor(mask)).numpy()
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    return session, float(cosine.min())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -79,10 +141,13 @@ def main() -> None:
     float_fn = jax.jit(lambda ids, mask: minilm_float_embed(weights, ids, mask, xp=jnp))
     entry = _compiled_for(program)
     st_model = _sentence_transformers()
+    qdq = _ort_qdq_session(st_model, tokenizer) if st_model is not None else None
     print(f"{machine_line()}; model {program.model_id[:18]}...; engine: {kernel_status()}")
+    if qdq is not None:
+        print(f"ort qdq: worst cosine to the float model on the calibration sentences {qdq[1]:.4f}")
     header = (
-        f"{'workload':11s} {'tokens':>6s} {'float jax':>10s} {'s-t torch':>10s} {'aivm jit':>9s} "
-        f"{'vs jax':>7s} {'vs s-t':>7s} {'aivm embed':>11s} {'vs jax':>7s} {'vs s-t':>7s}"
+        f"{'workload':11s} {'tokens':>6s} {'float jax':>10s} {'s-t torch':>10s} {'ort qdq':>8s} {'aivm jit':>9s} "
+        f"{'vs jax':>7s} {'vs s-t':>7s} {'vs ort':>7s} {'aivm embed':>11s} {'vs jax':>7s} {'vs ort':>7s}"
     )
     print("sentences per second, batch 32")
     print(header)
@@ -99,15 +164,19 @@ def main() -> None:
         if st_model is not None:
             st_model.max_seq_length = ids.shape[1]
             rate["st"] = n / median_seconds(repeats, partial(st_model.encode, texts, batch_size=32), warmup=2)
-        st = rate.get("st")
+        if qdq is not None:
+            ort_feeds = {"ids": ids.astype("int64"), "mask": mask.astype("int64")}
+            rate["ort"] = n / median_seconds(repeats, partial(qdq[0].run, None, ort_feeds), warmup=2)
+        st, ort_rate = rate.get("st"), rate.get("ort")
 
         def ratio(a, b):
             return f"{a / b:6.2f}x" if b else "    n/a"
 
         print(
-            f"{workload:11s} {ids.shape[1]:6d} {rate['jax']:10.1f} {st or float('nan'):10.1f} {rate['jit']:9.1f} "
-            f"{ratio(rate['jit'], rate['jax'])} {ratio(rate['jit'], st)} {rate['embed']:11.1f} "
-            f"{ratio(rate['embed'], rate['jax'])} {ratio(rate['embed'], st)}"
+            f"{workload:11s} {ids.shape[1]:6d} {rate['jax']:10.1f} {st or float('nan'):10.1f} "
+            f"{ort_rate or float('nan'):8.1f} {rate['jit']:9.1f} {ratio(rate['jit'], rate['jax'])} "
+            f"{ratio(rate['jit'], st)} {ratio(rate['jit'], ort_rate)} {rate['embed']:11.1f} "
+            f"{ratio(rate['embed'], rate['jax'])} {ratio(rate['embed'], ort_rate)}"
         )
     if st_model is None:
         print("sentence-transformers not installed: pip install -e '.[bench]' to compare with it")

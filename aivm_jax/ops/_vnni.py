@@ -4,7 +4,8 @@ C++ compiled once per sources, compiler flags and jaxlib version into one
 shared library, registered as XLA FFI custom calls (CPU only):
 
 * ``aivm_int8_matmul_vnni``: the exact int8 GEMM (``int8_gemm_vnni.cc``; its
-  exactness argument heads the source);
+  exactness argument heads the source), and ``aivm_int32_int8_matmul_vnni``,
+  int32 x int8 by byte planes of the int32 operand;
 * ``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``: a matmul or conv2d
   (implicit im2col) with its bias_add, requantize and relu in one pass;
 * ``aivm_int8_pool``: int8 max and average pooling (``int8_pool.cc``);
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 TARGET_NAME = "aivm_int8_matmul_vnni"
+INT32_TARGET_NAME = "aivm_int32_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
 CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
 POOL_TARGET_NAME = "aivm_int8_pool"
@@ -157,6 +159,7 @@ def register_kernel() -> bool:
 
     for name, handler in [
         (TARGET_NAME, library.AivmInt8MatmulVnni),
+        (INT32_TARGET_NAME, library.AivmInt32Int8MatmulVnni),
         (DENSE_TARGET_NAME, library.AivmInt8DenseVnni),
         (CONV_TARGET_NAME, library.AivmInt8ConvDenseVnni),
         (POOL_TARGET_NAME, library.AivmInt8Pool),

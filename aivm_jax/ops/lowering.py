@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
-from aivm_jax.ops._vnni import POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, register_kernel
+from aivm_jax.ops._vnni import INT32_TARGET_NAME, POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, register_kernel
 
 __all__ = [
     "add",
@@ -225,9 +225,21 @@ def layer_norm(x, gamma, beta, *, eps: int) -> jax.Array:
 
 def batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """Batched ``dot_general`` over every leading axis; int8 x int8 accumulates in
-    int32 directly, anything else is widened to int32 first (products wrap)."""
+    int32 directly, anything else is widened to int32 first (products wrap).
+    int32 x int8 on VNNI CPUs: the project's byte-plane kernel (same integers)."""
     if a.dtype == jnp.int8 and b.dtype == jnp.int8:
         return int8_matmul(a, b)
+    if a.dtype == jnp.int32 and b.dtype == jnp.int8 and register_kernel():
+
+        def kernel(a, b):
+            out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
+            return jax.ffi.ffi_call(INT32_TARGET_NAME, out)(a, b)
+
+        return lax.platform_dependent(a, b, cpu=kernel, default=_batch_matmul_int32)
+    return _batch_matmul_int32(a, b)
+
+
+def _batch_matmul_int32(a: jax.Array, b: jax.Array) -> jax.Array:
     batch = tuple(range(a.ndim - 2))
     a, b = a.astype(jnp.int32), b.astype(jnp.int32)
     return lax.dot_general(

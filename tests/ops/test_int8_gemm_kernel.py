@@ -190,3 +190,26 @@ def test_softmax_kernel_equals_the_reference_on_extremes(causal):
         np.asarray(fn(big, np.tile(mask, (8, 1)), table)),
         reference.softmax(big, np.tile(mask, (8, 1)), table, **attrs),
     )
+
+
+@pytest.mark.parametrize(
+    ("lead", "m", "k", "n", "low", "high"),
+    [
+        ((3, 4), 17, 130, 33, 0, 2**15 + 1),  # attention probabilities: two byte planes, two skipped
+        ((2,), 9, 600, 50, -(2**31), 2**31),  # every plane, K over one 512-k pass, sums that wrap
+        ((5,), 8, 4, 16, -1, 2),  # the sign byte alone
+        ((1,), 3, 7, 1, 0, 1),  # all zero: every plane skipped
+    ],
+)
+def test_int32_by_int8_batch_matmul_equals_the_reference(lead, m, k, n, low, high):
+    from aivm_jax.ops import lowering
+
+    rng = np.random.default_rng(m + k + n)
+    a = rng.integers(low, high, (*lead, m, k), dtype=np.int64).astype(np.int32)
+    b = rng.integers(-128, 128, (*lead, k, n), dtype=np.int8)
+    b.reshape(-1)[:3] = -128
+    want = reference.batch_matmul(a, b)
+    fn = jax.jit(lowering.batch_matmul)
+    np.testing.assert_array_equal(np.asarray(fn(a, b)), want)
+    if kernel_status().startswith("avx512-vnni"):
+        assert "aivm_int32_int8_matmul_vnni" in fn.lower(a, b).as_text()

@@ -337,6 +337,75 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
   parallel_for(pool, chunks * groups, serial ? 0 : threads - 1, block);
 }
 
+// int32 A x int8 B -> int32, modulo 2**32, by byte planes of A (the attention product P V, where P
+// is int32). A = sum_j 2**(8j) a_j with a_0..a_2 the unsigned bytes and a_3 the signed top byte, so
+//   A B = sum_{j<3} 2**(8j) (a_j B) + 2**24 (a_3 B)   (mod 2**32).
+// Unsigned planes enter the int8 kernel as a_j - 128 and get 128 colsum(B) back; a plane that is
+// all zero contributes nothing and is skipped (a value check, not an assumption).
+thread_local Scratch plane_scratch, plane_acc_scratch, plane_out_scratch;
+
+template <int NV>
+void int32_product(const int32_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t NR = 16 * NV;
+  const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
+  int8_t* bpk = reinterpret_cast<int8_t*>(b_scratch.get(Kp * Np + 4 * Np));
+  int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);  // -128 colsum(B)
+  for (int64_t p = 0; p < panels; ++p) pack_b_panel<NV>(b, K, N, p * NR, Kp, bpk + p * NR * Kp);
+  column_init(b, K, N, init);
+  int8_t* plane = reinterpret_cast<int8_t*>(plane_scratch.get(M * K));
+  int32_t* acc = reinterpret_cast<int32_t*>(plane_acc_scratch.get(sizeof(int32_t) * M * N));
+  uint32_t* out = reinterpret_cast<uint32_t*>(c);
+  std::fill(out, out + M * N, 0u);
+  for (int j = 0; j < 4; ++j) {
+    bool any = false;
+    for (int64_t i = 0; i < M * K; ++i) {
+      const uint32_t byte = (static_cast<uint32_t>(a[i]) >> (8 * j)) & 0xFF;
+      any |= byte != 0;
+      plane[i] = static_cast<int8_t>(j < 3 ? static_cast<int32_t>(byte) - 128 : static_cast<int8_t>(byte));
+    }
+    if (!any) continue;
+    compute_block<NV>(plane, bpk, init, acc, K, N, Kp, 0, M, 0, panels);
+    // Unsigned planes went in as a_j - 128, so acc = a_j B - 128 colsum(B) = a_j B + init: take init off.
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const uint32_t product = static_cast<uint32_t>(acc[m * N + n]) - (j < 3 ? static_cast<uint32_t>(init[n]) : 0u);
+        out[m * N + n] += product << (8 * j);
+      }
+  }
+}
+
+ffi::Error Int32Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> a, ffi::Buffer<ffi::S8> b,
+                               ffi::ResultBuffer<ffi::S32> c) {
+  const auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() < 2 || ad.size() != bd.size() || ad.back() != bd[bd.size() - 2])
+    return ffi::Error::InvalidArgument("aivm_int32_int8_matmul: operands do not contract");
+  int64_t batch = 1;
+  for (size_t i = 0; i + 2 < ad.size(); ++i) {
+    if (ad[i] != bd[i]) return ffi::Error::InvalidArgument("aivm_int32_int8_matmul: batch axes differ");
+    batch *= ad[i];
+  }
+  const int64_t M = ad[ad.size() - 2], K = ad.back(), N = bd.back();
+  int32_t* out = c->typed_data();
+  if (batch * M * N == 0) return ffi::Error::Success();
+  if (K == 0) {
+    std::memset(out, 0, sizeof(int32_t) * batch * M * N);
+    return ffi::Error::Success();
+  }
+  const int32_t* ap = a.typed_data();
+  const int8_t* bp = b.typed_data();
+  auto one = [&](int64_t i) {
+    if (N <= 16)
+      int32_product<1>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
+    else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
+      int32_product<2>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
+    else
+      int32_product<3>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
+  };
+  const bool small = batch * M * K * N < kSerialMacs;
+  parallel_for(pool, batch, small ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1, one);
+  return ffi::Error::Success();
+}
+
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> b,
                           ffi::ResultBuffer<ffi::S32> c) {
   const auto ad = a.dimensions(), bd = b.dimensions();
@@ -467,6 +536,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8MatmulVnni, Int8MatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt32Int8MatmulVnni, Int32Int8MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
