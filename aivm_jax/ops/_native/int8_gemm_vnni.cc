@@ -356,14 +356,13 @@ void int32_product(const int32_t* a, const int8_t* b, int32_t* c, int64_t M, int
   int32_t* acc = reinterpret_cast<int32_t*>(plane_acc_scratch.get(sizeof(int32_t) * M * N));
   uint32_t* out = reinterpret_cast<uint32_t*>(c);
   std::fill(out, out + M * N, 0u);
+  uint32_t bits = 0;  // which byte planes hold a nonzero byte
+  for (int64_t i = 0; i < M * K; ++i) bits |= static_cast<uint32_t>(a[i]);
   for (int j = 0; j < 4; ++j) {
-    bool any = false;
-    for (int64_t i = 0; i < M * K; ++i) {
-      const uint32_t byte = (static_cast<uint32_t>(a[i]) >> (8 * j)) & 0xFF;
-      any |= byte != 0;
-      plane[i] = static_cast<int8_t>(j < 3 ? static_cast<int32_t>(byte) - 128 : static_cast<int8_t>(byte));
-    }
-    if (!any) continue;
+    if (((bits >> (8 * j)) & 0xFF) == 0) continue;
+    const uint32_t shift = 8 * j, offset = j < 3 ? 128u : 0u;  // unsigned planes enter as byte - 128
+    for (int64_t i = 0; i < M * K; ++i)
+      plane[i] = static_cast<int8_t>(static_cast<uint8_t>(((static_cast<uint32_t>(a[i]) >> shift) & 0xFF) - offset));
     compute_block<NV>(plane, bpk, init, acc, K, N, Kp, 0, M, 0, panels);
     // Unsigned planes went in as a_j - 128, so acc = a_j B - 128 colsum(B) = a_j B + init: take init off.
     for (int64_t m = 0; m < M; ++m)
