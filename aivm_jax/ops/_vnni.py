@@ -51,6 +51,8 @@ SOURCES = tuple(
     Path(__file__).with_name("_native") / name
     for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc")
 )
+HEADERS = (Path(__file__).with_name("_native") / "parallel.h",)
+
 CXX_FLAGS = (
     "-O3",
     "-std=c++17",
@@ -72,7 +74,7 @@ def _library_name() -> str:
     import jaxlib
 
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         key.update(source.read_bytes())
     key.update(" ".join(CXX_FLAGS).encode())
     key.update(jaxlib.__version__.encode())
