@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from aivm_jax.ops import OPSET
-from aivm_jax.ops._fusion import FusedDense, fuse_dense_chains, run_fused
 from aivm_jax.program import Node, Program
+from aivm_jax.runtime._fusion import FusedDense, fuse_dense_chains, run_fused
 
 __all__ = ["Segment", "evaluate", "plan_segments", "run_steps"]
 
@@ -30,7 +30,7 @@ def evaluate(
     ``"reference"`` the NumPy yellow-paper ops. ``params`` holds the program's
     parameters as arrays of the matching kind (device arrays for JAX).
     ``fuse=True`` (lowering only) runs dense chains as one fused op
-    (`aivm_jax.ops._fusion`); the integers are the same.
+    (`aivm_jax.runtime._fusion`); the integers are the same.
     """
     values: dict[str, Any] = {**params, **feeds}
     steps = fuse_dense_chains(program) if fuse and implementation == "lowering" else program.nodes

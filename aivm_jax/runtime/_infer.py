@@ -21,9 +21,9 @@ from aivm_jax._errors import (
     ModelIdMismatchError,
     ProgramError,
 )
-from aivm_jax.ops._fusion import fuse_dense_chains
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
+from aivm_jax.runtime._fusion import fuse_dense_chains
 from aivm_jax.runtime._hashing import output_hash, row_digests
 
 __all__ = ["InferenceResult", "infer"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import aivm_jax
-from aivm_jax.ops._fusion import fuse_dense_chains
 from aivm_jax.runtime import _infer
 from aivm_jax.runtime._execute import plan_segments
+from aivm_jax.runtime._fusion import fuse_dense_chains
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
