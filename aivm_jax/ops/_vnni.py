@@ -93,7 +93,7 @@ def _existing_library() -> Path | None:
 
 
 def build_kernel(verbose: bool = False) -> Path:
-    """Compile the kernel if no library for this source exists yet; returns its path.
+    """Compile the kernels if no library for these sources exists yet; returns its path.
 
     Writes to a temporary file and renames it, under a file lock, so concurrent
     processes never load a half-written library.
@@ -119,7 +119,7 @@ def build_kernel(verbose: bool = False) -> Path:
                 if target.is_file():
                     return target
                 if verbose:
-                    print(f"compiling the int8 GEMM kernel into {target}", file=sys.stderr)
+                    print(f"compiling the CPU kernels into {target}", file=sys.stderr)
                 fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
                 os.close(fd)
                 command = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, *map(str, SOURCES)]
@@ -172,20 +172,20 @@ def register_kernel() -> bool:
 
 
 def kernel_status() -> str:
-    """One line: which CPU int8 GEMM runs (``avx512-vnni (...)``) or why XLA's dot is used instead."""
+    """One line: ``avx512-vnni (library)`` when the CPU kernels run, else why XLA's lowering is used."""
     return _load()[1]
 
 
 def main() -> None:
-    """Build the kernel now (``scripts/_venv.sh`` runs this at install) and say which GEMM runs."""
+    """Build the kernels now (``scripts/_venv.sh`` runs this at install) and say whether they run."""
     try:
         print(f"built {build_kernel(verbose=True)}")
     except RuntimeError as error:
         print(
-            f"warning: the int8 GEMM kernel was not built ({error}); XLA's int8 dot will be used",
+            f"warning: the CPU kernels were not built ({error}); XLA's lowering will be used",
             file=sys.stderr,
         )
-    print(f"int8 GEMM on this CPU: {kernel_status()}")
+    print(f"CPU kernels: {kernel_status()}")
 
 
 if __name__ == "__main__":

@@ -109,12 +109,14 @@ void pack_b_panel(const int8_t* b, int64_t K, int64_t N, int64_t jr, int64_t Kp,
   }
 }
 
-// init[n] = -128 * sum_k B[k, n]: undoes the +128 shift of A.
+// init[n] = -128 * sum_k B[k, n] modulo 2**32: undoes the +128 shift of A. Unsigned arithmetic, so
+// a large K wraps as the accumulators do (signed overflow would be undefined in C++).
 void column_init(const int8_t* b, int64_t K, int64_t N, int32_t* init) {
-  std::fill(init, init + N, 0);
+  uint32_t* sums = reinterpret_cast<uint32_t*>(init);
+  std::fill(sums, sums + N, 0u);
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < N; ++n) init[n] += b[k * N + n];
-  for (int64_t n = 0; n < N; ++n) init[n] *= -128;
+    for (int64_t n = 0; n < N; ++n) sums[n] += static_cast<uint32_t>(static_cast<int32_t>(b[k * N + n]));
+  for (int64_t n = 0; n < N; ++n) sums[n] *= static_cast<uint32_t>(-128);
 }
 
 // MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> [kc/4][MR][4] bytes, XOR 0x80.
@@ -342,7 +344,7 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
 //   A B = sum_{j<3} 2**(8j) (a_j B) + 2**24 (a_3 B)   (mod 2**32).
 // Unsigned planes enter the int8 kernel as a_j - 128 and get 128 colsum(B) back; a plane that is
 // all zero contributes nothing and is skipped (a value check, not an assumption).
-thread_local Scratch plane_scratch, plane_acc_scratch, plane_out_scratch;
+thread_local Scratch plane_scratch, plane_acc_scratch;
 
 template <int NV>
 void int32_product(const int32_t* a, const int8_t* b, int32_t* c, int64_t M, int64_t K, int64_t N) {
@@ -576,7 +578,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8ConvDenseVnni, Int8ConvDenseImpl,
                                   .Attr<int64_t>("right"));
 
 // 1 when this CPU runs the kernels' instructions (AVX-512 F, BW, DQ and VNNI), else 0.
-extern "C" int aivm_int8_matmul_vnni_supported() {
+// Compiled for the baseline ISA: it runs before anything knows the CPU can take AVX-512.
+extern "C" __attribute__((target("arch=x86-64"))) int aivm_int8_matmul_vnni_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vnni");
