@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax._errors import OpError
-from aivm_jax.ops._vnni import TARGET_NAME, kernel_status, register_kernel
+from aivm_jax.ops._vnni import TARGET_NAME, kernel_status, on_cpu
 
 __all__ = ["int8_matmul", "kernel_status"]
 
@@ -62,9 +62,10 @@ def int8_matmul(a, b) -> jax.Array:
         raise OpError(f"int8_matmul: {a.shape} and {b.shape} must be (..., M, K) and (K, N) or (..., K, N)")
     if b.ndim > 2 and a.shape[:-2] != b.shape[:-2]:
         raise OpError(f"int8_matmul: leading axes of {a.shape} and {b.shape} differ")
-    if register_kernel():
-        return lax.platform_dependent(a, b, cpu=_vnni_matmul, default=_xla_matmul)
-    return _xla_matmul(a, b)
+    # On the kernel, b's leading axes are a prefix of a's or all 1 (shared: vmap gives an unbatched
+    # operand a size-1 axis); the kernel flattens the rest of a's into rows.
+    out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
+    return on_cpu(TARGET_NAME, out, _xla_matmul, a, b, vmap_method="expand_dims")
 
 
 def _xla_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -75,10 +76,3 @@ def _xla_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
         batch = tuple(range(a.ndim - 2))
         dims = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
     return lax.dot_general(a, b, dimension_numbers=dims, preferred_element_type=jnp.int32)
-
-
-def _vnni_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """The AVX-512 VNNI custom call (row-major). ``b``'s leading axes are a prefix of ``a``'s or all 1
-    (shared); the kernel flattens the rest of ``a``'s into rows."""
-    out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
-    return jax.ffi.ffi_call(TARGET_NAME, out, vmap_method="expand_dims")(a, b)

@@ -30,14 +30,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import jax
 
 __all__ = [
     "CONV_TARGET_NAME",
     "DENSE_TARGET_NAME",
+    "INT32_TARGET_NAME",
+    "POOL_TARGET_NAME",
+    "SOFTMAX_TARGET_NAME",
     "TARGET_NAME",
     "build_kernel",
     "kernel_status",
+    "on_cpu",
     "register_kernel",
 ]
 
@@ -107,8 +114,6 @@ def build_kernel(verbose: bool = False) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
-    import jax.ffi
-
     errors = []
     for directory in _build_dirs():
         try:
@@ -157,8 +162,6 @@ def register_kernel() -> bool:
     library, _ = _load()
     if library is None:
         return False
-    import jax.ffi
-
     for name, handler in [
         (TARGET_NAME, library.AivmInt8MatmulVnni),
         (INT32_TARGET_NAME, library.AivmInt32Int8MatmulVnni),
@@ -169,6 +172,19 @@ def register_kernel() -> bool:
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
+
+
+def on_cpu(target: str, out, xla: Callable, *operands, vmap_method: str | None = None, **attrs):
+    """``xla(*operands)``, lowered on CPU to the kernel ``target`` (result ``out``, attributes
+    ``attrs``) where the kernels run here. Both compute the same integers."""
+    if not register_kernel():
+        return xla(*operands)
+    from jax import lax
+
+    def kernel(*args):
+        return jax.ffi.ffi_call(target, out, vmap_method=vmap_method)(*args, **attrs)
+
+    return lax.platform_dependent(*operands, cpu=kernel, default=xla)
 
 
 def kernel_status() -> str:

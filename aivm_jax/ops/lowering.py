@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
-from aivm_jax.ops._vnni import INT32_TARGET_NAME, POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, register_kernel
+from aivm_jax.ops._vnni import INT32_TARGET_NAME, POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, on_cpu
 
 __all__ = [
     "add",
@@ -138,16 +138,12 @@ def avg_pool(x, *, window, strides, padding) -> jax.Array:
 
 def _pool(x, xla, *, average: bool, window, strides, padding) -> jax.Array:
     (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
-    if x.dtype != jnp.int8 or kh * kw > 2**22 or not register_kernel():  # the kernel's int32 bound
+    if x.dtype != jnp.int8 or kh * kw > 2**22:  # the kernel's int32 bound
         return xla(x)
     out_hw = ((x.shape[1] + top + bottom - kh) // sh + 1, (x.shape[2] + left + right - kw) // sw + 1)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), jnp.int8)
     geometry = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "top": top, "left": left}
-
-    def kernel(x):
-        return jax.ffi.ffi_call(POOL_TARGET_NAME, out)(x, average=average, **geometry)
-
-    return lax.platform_dependent(x, cpu=kernel, default=xla)
+    return on_cpu(POOL_TARGET_NAME, out, xla, x, average=average, **geometry)
 
 
 def reshape(x: jax.Array, *, shape: Sequence[int]) -> jax.Array:
@@ -229,13 +225,9 @@ def batch_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     int32 x int8 on VNNI CPUs: the project's byte-plane kernel (same integers)."""
     if a.dtype == jnp.int8 and b.dtype == jnp.int8:
         return int8_matmul(a, b)
-    if a.dtype == jnp.int32 and b.dtype == jnp.int8 and register_kernel():
-
-        def kernel(a, b):
-            out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
-            return jax.ffi.ffi_call(INT32_TARGET_NAME, out)(a, b)
-
-        return lax.platform_dependent(a, b, cpu=kernel, default=_batch_matmul_int32)
+    if a.dtype == jnp.int32 and b.dtype == jnp.int8:
+        out = jax.ShapeDtypeStruct((*a.shape[:-1], b.shape[-1]), jnp.int32)
+        return on_cpu(INT32_TARGET_NAME, out, _batch_matmul_int32, a, b)
     return _batch_matmul_int32(a, b)
 
 
@@ -266,19 +258,14 @@ def softmax(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:
     it is exact; table lookup and shift in int32; row sums, the per-row reciprocal
     and the normalizing product in int64. On VNNI CPUs the project's row-wise
     kernel (``_native/int_softmax.cc``, same integers)."""
-    if register_kernel() and x.dtype == jnp.int32 and mask.dtype == jnp.int8 and table.dtype == jnp.int32:
 
-        def kernel(x, mask, table):
-            out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
-            return jax.ffi.ffi_call(SOFTMAX_TARGET_NAME, out)(
-                x, mask, table, causal=causal, out_bits=out_bits
-            )
+    def xla(x, mask, table):
+        return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)
 
-        def xla(x, mask, table):
-            return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)
-
-        return lax.platform_dependent(x, mask, table, cpu=kernel, default=xla)
-    return _softmax_xla(x, mask, table, causal=causal, out_bits=out_bits)
+    if x.dtype == jnp.int32 and mask.dtype == jnp.int8 and table.dtype == jnp.int32:
+        out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+        return on_cpu(SOFTMAX_TARGET_NAME, out, xla, x, mask, table, causal=causal, out_bits=out_bits)
+    return xla(x, mask, table)
 
 
 def _softmax_xla(x, mask, table, *, causal: bool, out_bits: int) -> jax.Array:

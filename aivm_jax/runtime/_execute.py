@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from aivm_jax.ops import OPSET
 from aivm_jax.program import Node, Program
-from aivm_jax.runtime._fusion import FusedDense, fuse_dense_chains, run_fused
+from aivm_jax.runtime._fusion import FusedDense, run_fused
 
 __all__ = ["Segment", "evaluate", "plan_segments", "run_steps"]
 
@@ -21,20 +21,15 @@ def evaluate(
     feeds: Mapping[str, Any],
     params: Mapping[str, Any],
     implementation: Implementation,
-    *,
-    fuse: bool = False,
 ) -> list[Any]:
     """Run ``program`` on ``feeds`` (input name -> batched array) and return its outputs in order.
 
     ``implementation="lowering"`` uses the JAX ops (traceable by ``jax.jit``);
     ``"reference"`` the NumPy yellow-paper ops. ``params`` holds the program's
     parameters as arrays of the matching kind (device arrays for JAX).
-    ``fuse=True`` (lowering only) runs dense chains as one fused op
-    (`aivm_jax.runtime._fusion`); the integers are the same.
     """
     values: dict[str, Any] = {**params, **feeds}
-    steps = fuse_dense_chains(program) if fuse and implementation == "lowering" else program.nodes
-    run_steps(steps, values, implementation)
+    run_steps(program.nodes, values, implementation)
     return [values[spec.name] for spec in program.outputs]
 
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from aivm_jax.ops import lowering
-from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_TARGET_NAME, register_kernel
+from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_TARGET_NAME, on_cpu
 from aivm_jax.program import Node, Program
 
 __all__ = ["FusedDense", "conv_dense", "dense", "fuse_dense_chains", "run_fused"]
@@ -107,42 +106,39 @@ def dense(x, w, bias, multiplier, shift, *, out_dtype: str, relu: bool) -> jax.A
         return lowering.relu(y) if relu else y
 
     n = w.shape[1]
-    bias, multiplier, shift = _per_column(bias, multiplier, shift, n)
-    if not register_kernel():
-        return unfused(x, w, bias, multiplier, shift)
-
-    def fused(x, w, bias, multiplier, shift):
-        out = jax.ShapeDtypeStruct((*x.shape[:-1], n), jnp.dtype(out_dtype))
-        return jax.ffi.ffi_call(DENSE_TARGET_NAME, out)(x, w, bias, multiplier, shift, relu=relu)
-
-    return lax.platform_dependent(x, w, bias, multiplier, shift, cpu=fused, default=unfused)
+    operands = (x, w, *_per_column(bias, multiplier, shift, n))
+    out = jax.ShapeDtypeStruct((*x.shape[:-1], n), jnp.dtype(out_dtype))
+    return on_cpu(DENSE_TARGET_NAME, out, unfused, *operands, relu=relu)
 
 
 def conv_dense(x, w, bias, multiplier, shift, *, strides, padding, out_dtype: str, relu: bool) -> jax.Array:
     """`dense` with a conv2d head: int8 NHWC ``x``, int8 HWIO ``w``, zero padding -> ``(batch, Ho, Wo, O)``;
     on VNNI CPUs one pass with the patches gathered inside the kernel (implicit im2col)."""
 
-    def unfused(x, w, bias, multiplier, shift):
-        y = lowering.conv2d(x, w, strides=strides, padding=padding)
+    def unfused(x, w_matrix, bias, multiplier, shift):
+        y = lowering.conv2d(x, w_matrix.reshape(w.shape), strides=strides, padding=padding)
         y = lowering.bias_add(y, bias)
         y = lowering.requantize(y, multiplier, shift, out_dtype=out_dtype)
         return lowering.relu(y) if relu else y
 
     kh, kw, c, o = w.shape
-    bias, multiplier, shift = _per_column(bias, multiplier, shift, o)
-    if not register_kernel():
-        return unfused(x, w, bias, multiplier, shift)
     (sh, sw), ((top, bottom), (left, right)) = strides, padding
     ho = (x.shape[1] + top + bottom - kh) // sh + 1
     wo = (x.shape[2] + left + right - kw) // sw + 1
-
-    def fused(x, w, bias, multiplier, shift):
-        out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), jnp.dtype(out_dtype))
-        geometry = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "top": top, "bottom": bottom, "left": left}
-        call = jax.ffi.ffi_call(CONV_TARGET_NAME, out)
-        return call(x, w.reshape(kh * kw * c, o), bias, multiplier, shift, relu=relu, right=right, **geometry)
-
-    return lax.platform_dependent(x, w, bias, multiplier, shift, cpu=fused, default=unfused)
+    out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), jnp.dtype(out_dtype))
+    geometry = {
+        "kh": kh,
+        "kw": kw,
+        "sh": sh,
+        "sw": sw,
+        "top": top,
+        "bottom": bottom,
+        "left": left,
+        "right": right,
+    }
+    # The kernel takes the weights as the (KH * KW * C, O) matrix of its implicit im2col.
+    operands = (x, w.reshape(kh * kw * c, o), *_per_column(bias, multiplier, shift, o))
+    return on_cpu(CONV_TARGET_NAME, out, unfused, *operands, relu=relu, **geometry)
 
 
 def _per_column(bias, multiplier, shift, n: int):

@@ -69,20 +69,22 @@ class _Compiled:
     def __init__(self, program: Program) -> None:
         self.program = program
         self.fn = jax.jit(self._run)
-        steps = fuse_dense_chains(program)
+        self.steps = fuse_dense_chains(program)  # dense chains as one fused op each
         small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
         self._segments: list[tuple[Segment, Any]] = []
-        if len(steps) > SEGMENT_STEPS:
-            for segment in plan_segments(program, steps, SEGMENT_STEPS):
+        if len(self.steps) > SEGMENT_STEPS:
+            for segment in plan_segments(program, self.steps, SEGMENT_STEPS):
                 self._segments.append((segment, jax.jit(functools.partial(_run_segment, segment))))
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
 
     def _run(self, params, feeds):
-        return evaluate(self.program, feeds, params, "lowering", fuse=True)
+        values = {**params, **feeds}
+        run_steps(self.steps, values, "lowering")
+        return [values[spec.name] for spec in self.program.outputs]
 
     def _run_embedded(self, feeds):
-        return evaluate(self.program, feeds, self.program.params, "lowering", fuse=True)
+        return self._run(self.program.params, feeds)
 
     def run_local(self, feeds):
         """The program on JAX's default device: in segments when long, else whole with its
