@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from _ort_qdq import export_torch, qdq_session
 from _timing import machine_line, median_seconds
 
 import aivm_jax
@@ -81,9 +81,7 @@ def _ort_qdq_session(st_model, tokenizer):
     """onnxruntime session of the float model quantized to QDQ int8, and its worst cosine; None without it."""
     try:
         import numpy as np
-        import onnxruntime as ort
         import torch
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError:
         return None
 
@@ -99,33 +97,15 @@ def _ort_qdq_session(st_model, tokenizer):
 
     ids, mask = tokenize_batch(tokenizer, list(CALIBRATION_SENTENCES))
     ids, mask = ids.astype(np.int64), mask.astype(np.int64)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter({"ids": ids[i : i + 1], "mask": mask[i : i + 1]} for i in range(len(ids)))
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    with tempfile.TemporaryDirectory() as work:
-        example = (torch.tensor(ids[:2]), torch.tensor(mask[:2]))
-        axes = {"ids": {0: "batch", 1: "tokens"}, "mask": {0: "batch", 1: "tokens"}}
-        model = Pooled(st_model[0].auto_model.eval())
-        torch.onnx.export(
-            model, example, f"{work}/float.onnx", input_names=["ids", "mask"], output_names=["embedding"],
-            dynamic_axes=axes, opset_version=17, dynamo=False,
-        )  # fmt: skip
-        quantize_static(
-            f"{work}/float.onnx",
-            f"{work}/qdq.onnx",
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        session = ort.InferenceSession(f"{work}/qdq.onnx", providers=["CPUExecutionProvider"])
+    model = Pooled(st_model[0].auto_model.eval())
+    example = (torch.tensor(ids[:2]), torch.tensor(mask[:2]))
+    session = qdq_session(
+        lambda path: export_torch(model, example, path, ["ids", "mask"], "embedding"),
+        [{"ids": ids[i : i + 1], "mask": mask[i : i + 1]} for i in range(len(ids))],
+        op_types=["MatMul", "Gemm"],
+    )
+    if session is None:
+        return None
     got = session.run(None, {"ids": ids, "mask": mask})[0]
     with torch.no_grad():
         want = model(torch.tensor(ids), torch.tensor(mask)).numpy()

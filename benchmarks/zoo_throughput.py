@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import resource
-import tempfile
 
 import jax
 import numpy as np
+from _ort_qdq import qdq_session
 from _timing import machine_line, median_seconds
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
@@ -40,34 +40,16 @@ def _ort_qdq_session(recipe, params, calibration: np.ndarray):
     """onnxruntime session of the recipe's float model quantized to QDQ int8; None without onnxruntime."""
     try:
         import onnx
-        import onnxruntime as ort
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError:
         return None
     from _float_onnx import float_onnx
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter(calibration[i : i + 1] for i in range(len(calibration)))
-
-        def get_next(self):
-            row = next(self.rows, None)
-            return None if row is None else {"x": row}
-
-    with tempfile.TemporaryDirectory() as work:
+    def write(path):
         model = onnx.load_from_string(float_onnx(recipe.layers, params, recipe.input_shape, batch="batch"))
         model.ir_version = 8  # what onnxruntime 1.31 reads
-        onnx.save(model, f"{work}/float.onnx")
-        quantize_static(
-            f"{work}/float.onnx",
-            f"{work}/qdq.onnx",
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        return ort.InferenceSession(f"{work}/qdq.onnx", providers=["CPUExecutionProvider"])
+        onnx.save(model, path)
+
+    return qdq_session(write, [{"x": calibration[i : i + 1]} for i in range(len(calibration))])
 
 
 def main() -> None:

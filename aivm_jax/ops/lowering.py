@@ -30,7 +30,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
-from aivm_jax.ops._vnni import INT32_TARGET_NAME, POOL_TARGET_NAME, SOFTMAX_TARGET_NAME, on_cpu
+from aivm_jax.ops._vnni import (
+    INT32_TARGET_NAME,
+    LAYER_NORM_TARGET_NAME,
+    POOL_TARGET_NAME,
+    SOFTMAX_TARGET_NAME,
+    on_cpu,
+)
 
 __all__ = [
     "add",
@@ -206,7 +212,21 @@ def _isqrt(v: jax.Array) -> jax.Array:
 
 
 def layer_norm(x, gamma, beta, *, eps: int) -> jax.Array:
-    """Integer mean, variance and bitwise square root in int64, then half-up division."""
+    """Integer mean, variance and bitwise square root in int64, then half-up division.
+    On VNNI CPUs the project's row-wise kernel (``_native/int_layer_norm.cc``, same
+    integers); being a custom call, it also keeps XLA from re-deriving the normalized
+    rows inside every consumer's fusion, which grew with depth in deep programs."""
+
+    def xla(x, gamma, beta):
+        return _layer_norm_xla(x, gamma, beta, eps=eps)
+
+    if x.dtype == jnp.int32 and gamma.dtype == jnp.int32 and beta.dtype == jnp.int32:
+        out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+        return on_cpu(LAYER_NORM_TARGET_NAME, out, xla, x, gamma, beta, eps=eps)
+    return xla(x, gamma, beta)
+
+
+def _layer_norm_xla(x, gamma, beta, *, eps: int) -> jax.Array:
     limit = 2**24
     with jax.enable_x64(True):
         d = x.shape[-1]

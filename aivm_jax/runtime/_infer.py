@@ -21,6 +21,7 @@ from aivm_jax._errors import (
     ModelIdMismatchError,
     ProgramError,
 )
+from aivm_jax.ops._vnni import register_kernel
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
 from aivm_jax.runtime._fusion import fuse_dense_chains
@@ -56,10 +57,14 @@ class InferenceResult:
 # parameters compiled into the executable as constants: a call then passes only
 # the inputs (JAX's dispatch costs about 0.15 us per argument array).
 EMBEDDED_PARAMS_MAX_BYTES = 1 << 20
-# Longer programs run on one device as a chain of executables of this many steps.
-# XLA's CPU executable for a whole deep graph ran 2-3x slower than the same ops in
-# short segments (all-MiniLM-L6-v2, 187 steps: 0.92 s vs 0.32 s per batch), and
-# its temporary memory grew with depth; the segments compute the same integers.
+# Where the CPU kernels are off, longer programs run on one device as a chain of
+# executables of this many steps. XLA's fusion re-derives a layer norm's rows inside
+# each consumer, and through the residual adds each layer's fusions recompute the
+# layers before them, so a whole deep graph ran 2-3x slower than the same ops in
+# short segments (all-MiniLM-L6-v2, 187 steps: 0.92 s vs 0.32 s per batch).
+# The layer norm kernel is a custom call, which XLA never fuses into its readers:
+# with it the whole graph is the faster plan (0.16 s vs 0.23 s). Both plans compute
+# the same integers.
 SEGMENT_STEPS = 8
 
 
@@ -72,7 +77,7 @@ class _Compiled:
         self.steps = fuse_dense_chains(program)  # dense chains as one fused op each
         small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
         self._segments: list[tuple[Segment, Any]] = []
-        if len(self.steps) > SEGMENT_STEPS:
+        if len(self.steps) > SEGMENT_STEPS and not register_kernel():
             for segment in plan_segments(program, self.steps, SEGMENT_STEPS):
                 self._segments.append((segment, jax.jit(functools.partial(_run_segment, segment))))
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
@@ -87,8 +92,8 @@ class _Compiled:
         return self._run(self.program.params, feeds)
 
     def run_local(self, feeds):
-        """The program on JAX's default device: in segments when long, else whole with its
-        parameters as constants when small or as arguments."""
+        """The program on JAX's default device: in segments when long and the CPU kernels
+        are off, else whole with its parameters as constants when small or as arguments."""
         if self._segments:
             params = self.params_on(None)
             values = dict(feeds)

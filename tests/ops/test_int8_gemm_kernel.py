@@ -192,6 +192,37 @@ def test_softmax_kernel_equals_the_reference_on_extremes(causal):
     )
 
 
+def _layer_norm_cases():
+    rng = np.random.default_rng(17)
+    wide = (-(2**31), 2**31)
+    for d in (1, 3, 8, 13, 384, 8192):  # lane tails of the 8-wide loop, one row and the opset's maximum
+        x = rng.integers(*wide, (5, d), dtype=np.int64).astype(np.int32)  # clipped to +-2**24
+        x[1] = rng.integers(-1000, 1000, d)  # small rows: small divisors
+        x[2] = 2**31 - 1  # a constant row: variance 0, root from eps alone
+        x[3, : d // 2 + 1] = -(2**31)
+        gamma = rng.integers(*wide, d, dtype=np.int64).astype(np.int32)  # products up to 2**57, saturation
+        beta = rng.integers(*wide, d, dtype=np.int64).astype(np.int32)
+        for eps in (0, 1, 2**31 - 1):
+            yield x, gamma, beta, eps
+    # Every divisor 2r for r = 1..2048, with numerators on and around the half-up ties.
+    a = np.arange(2048, dtype=np.int64)
+    x = np.stack([a, -a, a, -a], axis=1).astype(np.int32)  # mean 0, var a**2: r = a (1 for a = 0)
+    gamma = np.array([1, -1, 2**20 + 1, -(2**31)], np.int32)
+    yield x, gamma, np.array([0, 5, -5, 2**31 - 1], np.int32), 0
+    yield np.tile(x, (3, 1)), gamma, np.zeros(4, np.int32), 3  # over the thread-split threshold
+
+
+def test_layer_norm_kernel_equals_the_reference():
+    from aivm_jax.ops import lowering
+
+    for x, gamma, beta, eps in _layer_norm_cases():
+        fn = jax.jit(lambda *a, eps=eps: lowering.layer_norm(*a, eps=eps))
+        want = reference.layer_norm(x, gamma, beta, eps=eps)
+        np.testing.assert_array_equal(np.asarray(fn(x, gamma, beta)), want, err_msg=f"{x.shape} eps={eps}")
+        if kernel_status().startswith("avx512-vnni"):
+            assert "aivm_int_layer_norm" in fn.lower(x, gamma, beta).as_text()
+
+
 @pytest.mark.parametrize(
     ("lead", "m", "k", "n", "low", "high"),
     [

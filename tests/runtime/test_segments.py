@@ -1,4 +1,5 @@
-"""Long programs run as a chain of compiled segments: the plan is complete and the bits do not change."""
+"""Where the CPU kernels are off, long programs run as a chain of compiled segments: the plan is
+complete and the bits do not change."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_the_plan_covers_every_step_and_every_value_flows(shipped_program, size)
 @pytest.mark.parametrize("size", [1, 2])
 def test_segmented_runs_give_the_same_bits(shipped_program, fixed_inputs, monkeypatch, size):
     monkeypatch.setattr(_infer, "SEGMENT_STEPS", size)
+    monkeypatch.setattr(_infer, "register_kernel", lambda: False)  # the plan without the CPU kernels
     entry = _infer._Compiled(shipped_program)  # a fresh entry, built with the small segment size
     assert len(entry._segments) >= 2
     monkeypatch.setitem(_infer._compiled, shipped_program.model_id, entry)
@@ -36,3 +38,9 @@ def test_segmented_runs_give_the_same_bits(shipped_program, fixed_inputs, monkey
     np.testing.assert_array_equal(segmented.outputs, reference.outputs)
     assert segmented.output_hash == reference.output_hash
     assert entry.local_cache_size() == 1
+
+
+def test_with_the_cpu_kernels_a_program_runs_whole(shipped_program, monkeypatch):
+    monkeypatch.setattr(_infer, "SEGMENT_STEPS", 1)
+    monkeypatch.setattr(_infer, "register_kernel", lambda: True)
+    assert _infer._Compiled(shipped_program)._segments == []
