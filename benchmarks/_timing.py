@@ -27,12 +27,13 @@ def machine_line() -> str:
     )
 
 
-def median_seconds(repeats: int, fn, *args, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` (results blocked on) after ``warmup`` untimed calls."""
+def median_seconds(repeats: int, fn, *args, warmup: int = 3, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn(*args)`` (results blocked on) after ``warmup`` untimed calls:
+    ``repeats`` calls, or more until they add up to ``min_seconds`` (short calls are noisy)."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_seconds:
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)

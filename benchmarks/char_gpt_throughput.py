@@ -136,12 +136,16 @@ def main() -> None:
     for batch, tokens in [(1, 16), (1, 128), (32, 128), (256, 128)]:
         ids = windows[:batch, :tokens].astype(np.int32)
         feeds = _prefill_feeds(program, ids)
-        float_rate = batch / median_seconds(args.repeats, partial(float_fn, params, ids), warmup=2)
-        aivm_rate = batch / median_seconds(args.repeats, partial(entry.run_local, feeds), warmup=2)
+        float_rate = batch / median_seconds(
+            args.repeats, partial(float_fn, params, ids), warmup=2, min_seconds=1.0
+        )
+        aivm_rate = batch / median_seconds(
+            args.repeats, partial(entry.run_local, feeds), warmup=2, min_seconds=1.0
+        )
         ort_rate = float("nan")
         if ort is not None:
             run = partial(ort.run, None, {"tokens": ids.astype(np.int64)})
-            ort_rate = batch / median_seconds(args.repeats, run, warmup=2)
+            ort_rate = batch / median_seconds(args.repeats, run, warmup=2, min_seconds=1.0)
         print(
             f"{batch:5d} {tokens:6d} {float_rate:10.1f} {ort_rate:9.1f} {aivm_rate:9.1f} "
             f"{aivm_rate / float_rate:6.2f}x {aivm_rate / ort_rate:6.2f}x"

@@ -140,16 +140,21 @@ def main() -> None:
         feeds = {"input_ids": jax.device_put(ids), "attention_mask": jax.device_put(mask)}
         n, repeats = len(texts), args.repeats
         rate = {
-            "jax": n / median_seconds(repeats, partial(float_fn, ids, mask), warmup=2),
-            "jit": n / median_seconds(repeats, partial(entry.run_local, feeds), warmup=2),
-            "embed": n / median_seconds(repeats, partial(aivm_jax.embed, program, texts), warmup=2),
+            "jax": n / median_seconds(repeats, partial(float_fn, ids, mask), warmup=2, min_seconds=1.0),
+            "jit": n / median_seconds(repeats, partial(entry.run_local, feeds), warmup=2, min_seconds=1.0),
+            "embed": n
+            / median_seconds(repeats, partial(aivm_jax.embed, program, texts), warmup=2, min_seconds=1.0),
         }
         if st_model is not None:
             st_model.max_seq_length = ids.shape[1]
-            rate["st"] = n / median_seconds(repeats, partial(st_model.encode, texts, batch_size=32), warmup=2)
+            rate["st"] = n / median_seconds(
+                repeats, partial(st_model.encode, texts, batch_size=32), warmup=2, min_seconds=1.0
+            )
         if qdq is not None:
             ort_feeds = {"ids": ids.astype("int64"), "mask": mask.astype("int64")}
-            rate["ort"] = n / median_seconds(repeats, partial(qdq[0].run, None, ort_feeds), warmup=2)
+            rate["ort"] = n / median_seconds(
+                repeats, partial(qdq[0].run, None, ort_feeds), warmup=2, min_seconds=1.0
+            )
         st, ort_rate = rate.get("st"), rate.get("ort")
 
         def ratio(a, b):

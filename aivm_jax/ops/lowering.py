@@ -31,6 +31,7 @@ from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
 from aivm_jax.ops._vnni import (
+    ADD_TARGET_NAME,
     INT32_TARGET_NAME,
     LAYER_NORM_TARGET_NAME,
     POOL_TARGET_NAME,
@@ -189,7 +190,27 @@ def _half(s):
 
 
 def add(x, y, x_multiplier, y_multiplier, shift, *, out_dtype: str) -> jax.Array:
-    """``(x Mx + y My) / 2**s`` rounded half up with int64 products, then saturated."""
+    """``(x Mx + y My) / 2**s`` rounded half up with int64 products, then saturated.
+    On VNNI CPUs the project's kernel (``_native/int_add.cc``, same integers); as a
+    custom call its result is computed once, where XLA would fuse a residual stream's
+    adds into each reader and recompute the earlier ones."""
+
+    if x.dtype in (jnp.int8, jnp.int32) and y.dtype in (jnp.int8, jnp.int32) and x.ndim >= 1:
+
+        def xla(*operands):  # saturated to out_dtype, held in int32 like the kernel's result
+            return _add_xla(*operands, out_dtype=out_dtype).astype(jnp.int32)
+
+        info = jnp.iinfo(out_dtype)
+        channels = (x.shape[-1],)
+        operands = [x.astype(jnp.int32), y.astype(jnp.int32)]
+        operands += [jnp.broadcast_to(p, channels) for p in (x_multiplier, y_multiplier, shift)]
+        out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
+        z = on_cpu(ADD_TARGET_NAME, out, xla, *operands, low=int(info.min), high=int(info.max))
+        return z.astype(out_dtype)
+    return _add_xla(x, y, x_multiplier, y_multiplier, shift, out_dtype=out_dtype)
+
+
+def _add_xla(x, y, x_multiplier, y_multiplier, shift, *, out_dtype: str) -> jax.Array:
     with jax.enable_x64(True):
         s = shift.astype(jnp.int64)
         total = x.astype(jnp.int64) * x_multiplier.astype(jnp.int64)

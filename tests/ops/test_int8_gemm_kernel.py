@@ -223,6 +223,31 @@ def test_layer_norm_kernel_equals_the_reference():
             assert "aivm_int_layer_norm" in fn.lower(x, gamma, beta).as_text()
 
 
+@pytest.mark.parametrize("out_dtype", ["int8", "int32"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_add_kernel_equals_the_reference(out_dtype, per_channel):
+    from aivm_jax.ops import lowering
+
+    rng = np.random.default_rng(5 + per_channel)
+    for n, x_dtype, y_dtype in [(1, "int8", "int8"), (13, "int32", "int8"), (384, "int32", "int32")]:
+        shape = (3, 70, n)  # 13 channels: a lane tail; 3 x 70 x 384: over the thread-split threshold
+        x = rng.integers(np.iinfo(x_dtype).min, np.iinfo(x_dtype).max, shape, endpoint=True).astype(x_dtype)
+        y = rng.integers(np.iinfo(y_dtype).min, np.iinfo(y_dtype).max, shape, endpoint=True).astype(y_dtype)
+        x.reshape(-1)[:2] = np.iinfo(x_dtype).min, np.iinfo(x_dtype).max
+        params = (n,) if per_channel else ()
+        mx, my = (rng.integers(-(2**30), 2**30, params, endpoint=True).astype(np.int32) for _ in range(2))
+        shift = rng.integers(0, 62, params, endpoint=True).astype(np.int32)
+        if per_channel:  # the extreme multipliers and shifts, 0 included (no rounding term)
+            mx[:3], my[:3], shift[:3] = [2**30, -(2**30), 0][:n], [-(2**30), 2**30, 7][:n], [0, 62, 31][:n]
+        fn = jax.jit(lambda *a: lowering.add(*a, out_dtype=out_dtype))
+        want = reference.add(x, y, mx, my, shift, out_dtype=out_dtype)
+        got = np.asarray(fn(x, y, mx, my, shift))
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        if kernel_status().startswith("avx512-vnni"):
+            assert "aivm_int_add" in fn.lower(x, y, mx, my, shift).as_text()
+
+
 @pytest.mark.parametrize(
     ("lead", "m", "k", "n", "low", "high"),
     [
