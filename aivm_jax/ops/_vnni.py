@@ -12,8 +12,8 @@ shared library, registered as XLA FFI custom calls (CPU only):
 * ``aivm_int_softmax``: the integer softmax, row by row (``int_softmax.cc``);
 * ``aivm_int_layer_norm``: the integer layer norm, row by row, dividing by a
   multiplier instead of a divide instruction (``int_layer_norm.cc``);
-* ``aivm_int_add`` / ``aivm_int_requantize``: ``add`` (two tensors joined with
-  one half-up rescale) and ``requantize`` (``int_add.cc``).
+* ``aivm_int_add``: ``add``, two tensors joined with one half-up rescale
+  (``int_add.cc``).
 
 The library is built by `main` (``scripts/_venv.sh`` runs it at install) or on
 first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH. It is used
@@ -44,7 +44,6 @@ __all__ = [
     "DENSE_TARGET_NAME",
     "INT32_TARGET_NAME",
     "POOL_TARGET_NAME",
-    "REQUANTIZE_TARGET_NAME",
     "ADD_TARGET_NAME",
     "LAYER_NORM_TARGET_NAME",
     "SOFTMAX_TARGET_NAME",
@@ -63,7 +62,6 @@ POOL_TARGET_NAME = "aivm_int8_pool"
 SOFTMAX_TARGET_NAME = "aivm_int_softmax"
 LAYER_NORM_TARGET_NAME = "aivm_int_layer_norm"
 ADD_TARGET_NAME = "aivm_int_add"
-REQUANTIZE_TARGET_NAME = "aivm_int_requantize"
 SOURCES = tuple(
     Path(__file__).with_name("_native") / name
     for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc", "int_layer_norm.cc", "int_add.cc")
@@ -181,7 +179,6 @@ def register_kernel() -> bool:
         (SOFTMAX_TARGET_NAME, library.AivmIntSoftmax),
         (LAYER_NORM_TARGET_NAME, library.AivmIntLayerNorm),
         (ADD_TARGET_NAME, library.AivmIntAdd),
-        (REQUANTIZE_TARGET_NAME, library.AivmIntRequantize),
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True

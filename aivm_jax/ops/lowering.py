@@ -35,7 +35,6 @@ from aivm_jax.ops._vnni import (
     INT32_TARGET_NAME,
     LAYER_NORM_TARGET_NAME,
     POOL_TARGET_NAME,
-    REQUANTIZE_TARGET_NAME,
     SOFTMAX_TARGET_NAME,
     on_cpu,
 )
@@ -87,24 +86,7 @@ def bias_add(x: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def requantize(x, multiplier, shift, *, out_dtype: str) -> jax.Array:
-    """Half-up rounded ``x * M / 2**s`` with the product in int64, then saturated.
-    int32 on VNNI CPUs: the project's kernel (``_native/int_add.cc``, same integers),
-    which runs small tensors on the calling thread."""
-    if x.dtype == jnp.int32 and x.ndim >= 1:
-
-        def xla(*operands):  # saturated to out_dtype, held in int32 like the kernel's result
-            return _requantize_xla(*operands, out_dtype=out_dtype).astype(jnp.int32)
-
-        info = jnp.iinfo(out_dtype)
-        channels = (x.shape[-1],)
-        operands = [x, *(jnp.broadcast_to(p, channels) for p in (multiplier, shift))]
-        out = jax.ShapeDtypeStruct(x.shape, jnp.int32)
-        z = on_cpu(REQUANTIZE_TARGET_NAME, out, xla, *operands, low=int(info.min), high=int(info.max))
-        return z.astype(out_dtype)
-    return _requantize_xla(x, multiplier, shift, out_dtype=out_dtype)
-
-
-def _requantize_xla(x, multiplier, shift, *, out_dtype: str) -> jax.Array:
+    """Half-up rounded ``x * M / 2**s`` with the product in int64, then saturated."""
     with jax.enable_x64(True):
         s = shift.astype(jnp.int64)
         half = jnp.where(s > 0, jnp.left_shift(jnp.int64(1), jnp.maximum(s - 1, 0)), 0)

@@ -248,29 +248,6 @@ def test_add_kernel_equals_the_reference(out_dtype, per_channel):
             assert "aivm_int_add" in fn.lower(x, y, mx, my, shift).as_text()
 
 
-@pytest.mark.parametrize("out_dtype", ["int8", "int32"])
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_requantize_kernel_equals_the_reference(out_dtype, per_channel):
-    from aivm_jax.ops import lowering
-
-    rng = np.random.default_rng(9 + per_channel)
-    for n in (1, 13, 384):
-        x = rng.integers(-(2**31), 2**31 - 1, (3, 70, n), endpoint=True).astype(np.int32)
-        x.reshape(-1)[:2] = -(2**31), 2**31 - 1  # with M = -2**31: the product 2**62
-        params = (n,) if per_channel else ()
-        multiplier = rng.integers(-(2**31), 2**31 - 1, params, endpoint=True).astype(np.int32)
-        shift = rng.integers(0, 62, params, endpoint=True).astype(np.int32)
-        if per_channel:
-            multiplier[:3], shift[:3] = [-(2**31), 2**31 - 1, 1][:n], [62, 0, 31][:n]
-        fn = jax.jit(lambda *a: lowering.requantize(*a, out_dtype=out_dtype))
-        want = reference.requantize(x, multiplier, shift, out_dtype=out_dtype)
-        got = np.asarray(fn(x, multiplier, shift))
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
-        if kernel_status().startswith("avx512-vnni"):
-            assert "aivm_int_requantize" in fn.lower(x, multiplier, shift).as_text()
-
-
 @pytest.mark.parametrize(
     ("lead", "m", "k", "n", "low", "high"),
     [

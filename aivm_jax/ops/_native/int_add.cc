@@ -1,5 +1,4 @@
-// The opset's `add` (two tensors at different scales, one half-up rescale) and `requantize`
-// (the same rescale of one tensor) as XLA FFI custom calls.
+// The opset's `add` (two tensors at different scales, one half-up rescale) as an XLA FFI custom call.
 //
 // Per element, with per-channel (last axis) multipliers and shift, exactly as
 // aivm_jax/ops/reference.py::add:
@@ -21,14 +20,21 @@ namespace {
 
 inline __mmask8 lanes_left(int64_t left) { return left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1); }
 
-// z = saturate(floor((x Mx [+ y My] + half) / 2**s)) over rows of n channels; y may be null.
-ffi::Error Rescale(ffi::ThreadPool& pool, const int32_t* xs, const int32_t* ys, const int32_t* mx,
-                   const int32_t* my, const int32_t* shifts, int64_t elements, int64_t n, int64_t low,
-                   int64_t high, int32_t* zs) {
-  if (n < 1 || elements % n != 0 || low > high) return ffi::Error::InvalidArgument("aivm rescale: bad shapes");
+ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> y,
+                   ffi::Buffer<ffi::S32> x_multiplier, ffi::Buffer<ffi::S32> y_multiplier,
+                   ffi::Buffer<ffi::S32> shift, ffi::ResultBuffer<ffi::S32> z, int64_t low, int64_t high) {
+  const auto xd = x.dimensions();
+  const int64_t n = xd.size() == 0 ? 1 : xd.back();
+  if (y.element_count() != x.element_count() || x_multiplier.element_count() != n ||
+      y_multiplier.element_count() != n || shift.element_count() != n || n < 1 || low > high)
+    return ffi::Error::InvalidArgument("aivm_int_add: bad shapes or bounds");
+  const int32_t* shifts = shift.typed_data();
   for (int64_t c = 0; c < n; ++c)
-    if (shifts[c] < 0 || shifts[c] > 62) return ffi::Error::InvalidArgument("aivm rescale: shift outside [0, 62]");
-  const int64_t rows = elements / n;
+    if (shifts[c] < 0 || shifts[c] > 62) return ffi::Error::InvalidArgument("aivm_int_add: shift outside [0, 62]");
+  const int64_t rows = x.element_count() / n;
+  const int32_t *xs = x.typed_data(), *ys = y.typed_data();
+  const int32_t *mx = x_multiplier.typed_data(), *my = y_multiplier.typed_data();
+  int32_t* zs = z->typed_data();
   constexpr int64_t kElementsPerTask = 1 << 14;
   const int64_t rows_per_task = std::max<int64_t>(1, kElementsPerTask / n);
   const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
@@ -42,43 +48,17 @@ ffi::Error Rescale(ffi::ThreadPool& pool, const int32_t* xs, const int32_t* ys, 
         const __m512i s = wide(shifts + c);
         // half = 2**(s-1) where s > 0: (1 << s) >> 1 is 0 for s = 0.
         const __m512i half = _mm512_srli_epi64(_mm512_sllv_epi64(_mm512_set1_epi64(1), s), 1);
-        __m512i total = _mm512_mul_epi32(wide(xs + at), wide(mx + c));
-        if (ys != nullptr) total = _mm512_add_epi64(total, _mm512_mul_epi32(wide(ys + at), wide(my + c)));
+        __m512i total = _mm512_add_epi64(_mm512_mul_epi32(wide(xs + at), wide(mx + c)),
+                                         _mm512_mul_epi32(wide(ys + at), wide(my + c)));
         total = _mm512_srav_epi64(_mm512_add_epi64(total, half), s);
         total = _mm512_min_epi64(_mm512_max_epi64(total, lo), hi);
         _mm512_mask_cvtepi64_storeu_epi32(zs + at, lanes, total);
       }
     }
   };
-  const int64_t helpers = elements < (int64_t{1} << 16) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = x.element_count() < (int64_t{1} << 16) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
-}
-
-int64_t channels(ffi::Buffer<ffi::S32>& x) {
-  const auto dims = x.dimensions();
-  return dims.size() == 0 ? 1 : dims.back();
-}
-
-ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> y,
-                   ffi::Buffer<ffi::S32> x_multiplier, ffi::Buffer<ffi::S32> y_multiplier,
-                   ffi::Buffer<ffi::S32> shift, ffi::ResultBuffer<ffi::S32> z, int64_t low, int64_t high) {
-  const int64_t n = channels(x);
-  if (y.element_count() != x.element_count() || x_multiplier.element_count() != n ||
-      y_multiplier.element_count() != n || shift.element_count() != n)
-    return ffi::Error::InvalidArgument("aivm_int_add: bad shapes");
-  return Rescale(pool, x.typed_data(), y.typed_data(), x_multiplier.typed_data(), y_multiplier.typed_data(),
-                 shift.typed_data(), x.element_count(), n, low, high, z->typed_data());
-}
-
-// The opset's `requantize`: the same rescale of one tensor (|x M| <= 2**62, plus half < 2**63).
-ffi::Error RequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> multiplier,
-                          ffi::Buffer<ffi::S32> shift, ffi::ResultBuffer<ffi::S32> z, int64_t low, int64_t high) {
-  const int64_t n = channels(x);
-  if (multiplier.element_count() != n || shift.element_count() != n)
-    return ffi::Error::InvalidArgument("aivm_int_requantize: bad shapes");
-  return Rescale(pool, x.typed_data(), nullptr, multiplier.typed_data(), nullptr, shift.typed_data(),
-                 x.element_count(), n, low, high, z->typed_data());
 }
 
 }  // namespace
@@ -88,16 +68,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmIntAdd, AddImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("low")
-                                  .Attr<int64_t>("high"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmIntRequantize, RequantizeImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
