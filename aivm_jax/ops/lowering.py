@@ -23,6 +23,7 @@ Why each lowering is exact:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -185,17 +186,24 @@ def iota(x: jax.Array) -> jax.Array:
     return lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
 
 
+ADD_KERNEL_MAX_ELEMENTS = 1 << 16
+
+
 def _half(s):
     return jnp.where(s > 0, jnp.left_shift(jnp.int64(1), jnp.maximum(s - 1, 0)), 0)
 
 
 def add(x, y, x_multiplier, y_multiplier, shift, *, out_dtype: str) -> jax.Array:
     """``(x Mx + y My) / 2**s`` rounded half up with int64 products, then saturated.
-    On VNNI CPUs the project's kernel (``_native/int_add.cc``, same integers); as a
-    custom call its result is computed once, where XLA would fuse a residual stream's
-    adds into each reader and recompute the earlier ones."""
-
-    if x.dtype in (jnp.int8, jnp.int32) and y.dtype in (jnp.int8, jnp.int32) and x.ndim >= 1:
+    Up to ``ADD_KERNEL_MAX_ELEMENTS`` on VNNI CPUs: the project's kernel
+    (``_native/int_add.cc``, same integers). As a custom call its result is computed
+    once, on the calling thread, where XLA would fuse a residual stream's adds into
+    each reader, recompute the earlier ones and split each small loop over two
+    threads (char-gpt, 16 tokens: 0.14 ms instead of 0.23 ms). Larger tensors stay
+    with XLA, whose fusion with the producers (the bias add) saves a pass over memory
+    (MiniLM, 256 x 16 tokens: 92 ms instead of 120 ms)."""
+    small = math.prod(x.shape) <= ADD_KERNEL_MAX_ELEMENTS
+    if small and x.dtype in (jnp.int8, jnp.int32) and y.dtype in (jnp.int8, jnp.int32) and x.ndim >= 1:
 
         def xla(*operands):  # saturated to out_dtype, held in int32 like the kernel's result
             return _add_xla(*operands, out_dtype=out_dtype).astype(jnp.int32)

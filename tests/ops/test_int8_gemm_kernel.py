@@ -229,8 +229,8 @@ def test_add_kernel_equals_the_reference(out_dtype, per_channel):
     from aivm_jax.ops import lowering
 
     rng = np.random.default_rng(5 + per_channel)
-    for n, x_dtype, y_dtype in [(1, "int8", "int8"), (13, "int32", "int8"), (384, "int32", "int32")]:
-        shape = (3, 70, n)  # 13 channels: a lane tail; 3 x 70 x 384: over the thread-split threshold
+    for n, x_dtype, y_dtype in [(1, "int8", "int8"), (13, "int32", "int8"), (512, "int32", "int32")]:
+        shape = (2, 64, n)  # 13 channels: a lane tail; 2 x 64 x 512 = 2**16: the kernel's thread split
         x = rng.integers(np.iinfo(x_dtype).min, np.iinfo(x_dtype).max, shape, endpoint=True).astype(x_dtype)
         y = rng.integers(np.iinfo(y_dtype).min, np.iinfo(y_dtype).max, shape, endpoint=True).astype(y_dtype)
         x.reshape(-1)[:2] = np.iinfo(x_dtype).min, np.iinfo(x_dtype).max
