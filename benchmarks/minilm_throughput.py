@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 from functools import partial
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def main() -> None:
             f"{ratio(rate['jit'], st)} {ratio(rate['jit'], ort_rate)} {rate['embed']:11.1f} "
             f"{ratio(rate['embed'], rate['jax'])} {ratio(rate['embed'], ort_rate)}"
         )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of this process: {peak:.0f} MB (every contender)")
     if st_model is None:
         print("sentence-transformers not installed: pip install -e '.[bench]' to compare with it")
 
