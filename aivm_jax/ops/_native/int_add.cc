@@ -18,8 +18,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-inline __mmask8 lanes_left(int64_t left) { return left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1); }
-
 ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> y,
                    ffi::Buffer<ffi::S32> x_multiplier, ffi::Buffer<ffi::S32> y_multiplier,
                    ffi::Buffer<ffi::S32> shift, ffi::ResultBuffer<ffi::S32> z, int64_t low, int64_t high) {
@@ -42,7 +40,7 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ff
     const __m512i lo = _mm512_set1_epi64(low), hi = _mm512_set1_epi64(high);
     for (int64_t r = t * rows_per_task; r < std::min(rows, (t + 1) * rows_per_task); ++r) {
       for (int64_t c = 0; c < n; c += 8) {
-        const __mmask8 lanes = lanes_left(n - c);
+        const __mmask8 lanes = aivm::lanes_left(n - c);
         const int64_t at = r * n + c;
         auto wide = [lanes](const int32_t* p) { return _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, p)); };
         const __m512i s = wide(shifts + c);

@@ -58,17 +58,15 @@ inline __m512i load_clamped(const int32_t* x, __mmask8 lanes) {
   return _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(-kInputLimit)), _mm512_set1_epi64(kInputLimit));
 }
 
-inline __mmask8 lanes_left(int64_t left) { return left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1); }
-
 void layer_norm_row(const int32_t* x, const int32_t* gamma, const int32_t* beta, int64_t d, int64_t eps,
                     int32_t* out) {
   __m512i sums = _mm512_setzero_si512();
-  for (int64_t i = 0; i < d; i += 8) sums = _mm512_add_epi64(sums, load_clamped(x + i, lanes_left(d - i)));
+  for (int64_t i = 0; i < d; i += 8) sums = _mm512_add_epi64(sums, load_clamped(x + i, aivm::lanes_left(d - i)));
   const int64_t mean = floor_div(_mm512_reduce_add_epi64(sums), d);
   const __m512i means = _mm512_set1_epi64(mean);
   __m512i squares = _mm512_setzero_si512();  // |c| <= 2**25: c * c by the 32 x 32 -> 64 product
   for (int64_t i = 0; i < d; i += 8) {
-    const __mmask8 lanes = lanes_left(d - i);
+    const __mmask8 lanes = aivm::lanes_left(d - i);
     const __m512i c = _mm512_sub_epi64(load_clamped(x + i, lanes), means);
     squares = _mm512_mask_add_epi64(squares, lanes, squares, _mm512_mul_epi32(c, c));
   }
@@ -84,7 +82,7 @@ void layer_norm_row(const int32_t* x, const int32_t* gamma, const int32_t* beta,
   const __m128i high_shift = _mm_cvtsi32_si128(l - 1);
   const __m512i roots = _mm512_set1_epi64(root), round_up = _mm512_set1_epi64(m - 1);
   for (int64_t i = 0; i < d; i += 8) {
-    const __mmask8 lanes = lanes_left(d - i);
+    const __mmask8 lanes = aivm::lanes_left(d - i);
     const __m512i c = _mm512_sub_epi64(load_clamped(x + i, lanes), means);
     const __m512i g = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, gamma + i));
     const __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, beta + i));
