@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from aivm_jax._errors import OpError
 from aivm_jax.ops._vnni import TARGET_NAME, kernel_status, on_cpu
 
-__all__ = ["int8_matmul", "kernel_status"]
+__all__ = ["int8_matmul", "kernel_status", "pack_weights"]
 
 
 def int8_matmul(a, b) -> jax.Array:
@@ -76,3 +77,26 @@ def _xla_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
         batch = tuple(range(a.ndim - 2))
         dims = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
     return lax.dot_general(a, b, dimension_numbers=dims, preferred_element_type=jnp.int32)
+
+
+def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A constant int8 ``(K, N)`` weight matrix in the VNNI kernel's packed layout, for the dense
+    kernel to read instead of packing it on every call: ``(panels, init)``.
+
+    ``panels``: int8, column panels of ``NR = 16 * NV`` columns (``NV`` the kernel's
+    ``panel_vectors(N)`` rule), each ``[Kp / 4][NR][4]`` bytes (``Kp`` = K rounded up to 4,
+    zeros past K and N). ``init``: int32 ``(Np,)``, ``-128 * colsum(w)`` modulo ``2**32``
+    (zeros past N): the accumulators' start that undoes the kernel's ``a + 128``. The same
+    bytes ``pack_b_panel`` and ``column_init`` write, so the product cannot change.
+    """
+    k, n = w.shape
+    vectors = 1 if n <= 16 else 2 if (n <= 32 or -(-n // 32) * 32 < -(-n // 48) * 48) else 3
+    width = 16 * vectors
+    kp, np_ = -(-k // 4) * 4, -(-n // width) * width
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = w
+    panels = padded.reshape(kp // 4, 4, np_ // width, width).transpose(2, 0, 3, 1).reshape(-1)
+    sums = w.astype(np.int64).sum(axis=0) * -128
+    init = np.zeros((np_,), np.int32)
+    init[:n] = ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)  # modulo 2**32, as int32
+    return np.ascontiguousarray(panels), init

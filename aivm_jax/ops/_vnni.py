@@ -7,13 +7,21 @@ shared library, registered as XLA FFI custom calls (CPU only):
   exactness argument heads the source), and ``aivm_int32_int8_matmul_vnni``,
   int32 x int8 by byte planes of the int32 operand;
 * ``aivm_int8_dense_vnni`` / ``aivm_int8_conv_dense_vnni``: a matmul or conv2d
-  (implicit im2col) with its bias_add, requantize and relu in one pass;
+  (implicit im2col) with its bias_add, requantize and relu in one pass, and
+  ``aivm_int8_dense_packed_vnni``, the dense one with constant weights packed
+  ahead of time (``_gemm.pack_weights``);
 * ``aivm_int8_pool``: int8 max and average pooling (``int8_pool.cc``);
 * ``aivm_int_softmax``: the integer softmax, row by row (``int_softmax.cc``);
 * ``aivm_int_layer_norm``: the integer layer norm, row by row, dividing by a
-  multiplier instead of a divide instruction (``int_layer_norm.cc``);
+  multiplier instead of a divide instruction (``int_layer_norm.cc``), and
+  ``aivm_int_layer_norm_int8``, the same followed by its requantize to int8;
 * ``aivm_int_add``: ``add``, two tensors joined with one half-up rescale
-  (``int_add.cc``).
+  (``int_add.cc``);
+* ``aivm_int_attention``: attention's ``batch_matmul -> requantize -> softmax
+  -> batch_matmul`` chain, one query row at a time (``int_attention.cc``), and
+  ``aivm_int_attention_int8``, the same followed by its requantize to int8;
+* ``aivm_int_table_requantize``: ``table`` then ``requantize`` to int8 (a
+  transformer's GELU, ``int_table.cc``).
 
 The library is built by `main` (``scripts/_venv.sh`` runs it at install) or on
 first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH. It is used
@@ -41,10 +49,15 @@ import jax
 
 __all__ = [
     "CONV_TARGET_NAME",
+    "DENSE_PACKED_TARGET_NAME",
     "DENSE_TARGET_NAME",
     "INT32_TARGET_NAME",
     "POOL_TARGET_NAME",
     "ADD_TARGET_NAME",
+    "ATTENTION_INT8_TARGET_NAME",
+    "ATTENTION_TARGET_NAME",
+    "LAYER_NORM_INT8_TARGET_NAME",
+    "TABLE_REQUANTIZE_TARGET_NAME",
     "LAYER_NORM_TARGET_NAME",
     "SOFTMAX_TARGET_NAME",
     "TARGET_NAME",
@@ -57,16 +70,31 @@ __all__ = [
 TARGET_NAME = "aivm_int8_matmul_vnni"
 INT32_TARGET_NAME = "aivm_int32_int8_matmul_vnni"
 DENSE_TARGET_NAME = "aivm_int8_dense_vnni"
+DENSE_PACKED_TARGET_NAME = "aivm_int8_dense_packed_vnni"
 CONV_TARGET_NAME = "aivm_int8_conv_dense_vnni"
 POOL_TARGET_NAME = "aivm_int8_pool"
 SOFTMAX_TARGET_NAME = "aivm_int_softmax"
 LAYER_NORM_TARGET_NAME = "aivm_int_layer_norm"
 ADD_TARGET_NAME = "aivm_int_add"
+ATTENTION_TARGET_NAME = "aivm_int_attention"
+ATTENTION_INT8_TARGET_NAME = "aivm_int_attention_int8"
+LAYER_NORM_INT8_TARGET_NAME = "aivm_int_layer_norm_int8"
+TABLE_REQUANTIZE_TARGET_NAME = "aivm_int_table_requantize"
 SOURCES = tuple(
     Path(__file__).with_name("_native") / name
-    for name in ("int8_gemm_vnni.cc", "int8_pool.cc", "int_softmax.cc", "int_layer_norm.cc", "int_add.cc")
+    for name in (
+        "int8_gemm_vnni.cc",
+        "int8_pool.cc",
+        "int_softmax.cc",
+        "int_layer_norm.cc",
+        "int_add.cc",
+        "int_attention.cc",
+        "int_table.cc",
+    )
 )
-HEADERS = (Path(__file__).with_name("_native") / "parallel.h",)
+HEADERS = tuple(
+    Path(__file__).with_name("_native") / name for name in ("parallel.h", "int_softmax_row.h", "rescale.h")
+)
 
 CXX_FLAGS = (
     "-O3",
@@ -174,11 +202,16 @@ def register_kernel() -> bool:
         (TARGET_NAME, library.AivmInt8MatmulVnni),
         (INT32_TARGET_NAME, library.AivmInt32Int8MatmulVnni),
         (DENSE_TARGET_NAME, library.AivmInt8DenseVnni),
+        (DENSE_PACKED_TARGET_NAME, library.AivmInt8DensePackedVnni),
         (CONV_TARGET_NAME, library.AivmInt8ConvDenseVnni),
         (POOL_TARGET_NAME, library.AivmInt8Pool),
         (SOFTMAX_TARGET_NAME, library.AivmIntSoftmax),
         (LAYER_NORM_TARGET_NAME, library.AivmIntLayerNorm),
         (ADD_TARGET_NAME, library.AivmIntAdd),
+        (ATTENTION_TARGET_NAME, library.AivmIntAttention),
+        (ATTENTION_INT8_TARGET_NAME, library.AivmIntAttentionInt8),
+        (LAYER_NORM_INT8_TARGET_NAME, library.AivmIntLayerNormInt8),
+        (TABLE_REQUANTIZE_TARGET_NAME, library.AivmIntTableRequantize),
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True

@@ -15,6 +15,13 @@ ways a backend could still introduce non-determinism or a float:
 ``jax_default_matmul_precision="highest"``
     Keeps TF32 and bf16 passes off for any float dot a user runs beside us.
 
+One setting is for speed, not determinism: ``jax_cpu_enable_async_dispatch=False``
+runs a CPU computation on the calling thread instead of handing it to a worker
+thread and waiting for it. ``infer`` needs its outputs on the host at once (it
+hashes them), so the hand-off bought nothing and cost tens of microseconds per
+call (char-gpt, 16 tokens: 0.09 ms per call instead of 0.14 ms). A user's own
+``JAX_CPU_ENABLE_ASYNC_DISPATCH`` setting wins.
+
 TPU needs no flag: its integer units are exact and the MXU is never asked for
 a float product. The flags take effect only if they are set before JAX creates
 its backends, which is why ``import aivm_jax`` applies them at import time;
@@ -45,6 +52,8 @@ def apply_determinism_flags() -> None:
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")
+    if "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def determinism_report() -> dict[str, object]:
@@ -61,4 +70,5 @@ def determinism_report() -> dict[str, object]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "cpu_kernels": kernel_status(),
+        "cpu_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
     }

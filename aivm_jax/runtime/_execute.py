@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from aivm_jax.ops import OPSET
-from aivm_jax.program import Node, Program
-from aivm_jax.runtime._fusion import FusedDense, run_fused
+from aivm_jax.program import Program
+from aivm_jax.runtime._fusion import FusedAttention, FusedDense, Requantized, Step, run_fused, step_inputs
 
 __all__ = ["Segment", "evaluate", "plan_segments", "run_steps"]
 
@@ -33,13 +33,10 @@ def evaluate(
     return [values[spec.name] for spec in program.outputs]
 
 
-Step = Node | FusedDense
-
-
 def run_steps(steps: Sequence[Step], values: dict[str, Any], implementation: Implementation) -> None:
     """Apply ``steps`` in order, adding each output to ``values`` (name -> array)."""
     for step in steps:
-        if isinstance(step, FusedDense):
+        if isinstance(step, (FusedDense, FusedAttention, Requantized)):
             values[step.output] = run_fused(step, values)
             continue
         fn = getattr(OPSET[step.op], implementation)
@@ -57,12 +54,6 @@ class Segment:
     writes: tuple[str, ...]
 
 
-def _step_inputs(step: Step) -> tuple[str, ...]:
-    if isinstance(step, FusedDense):
-        return tuple(n for n in (step.x, step.w, step.bias, step.multiplier, step.shift) if n is not None)
-    return tuple(step.inputs)
-
-
 def plan_segments(program: Program, steps: Sequence[Step], size: int) -> list[Segment]:
     """Cut ``steps`` into segments of at most ``size`` steps, with what flows between them."""
     chunks = [tuple(steps[i : i + size]) for i in range(0, len(steps), size)]
@@ -70,8 +61,8 @@ def plan_segments(program: Program, steps: Sequence[Step], size: int) -> list[Se
     segments = []
     for i, chunk in enumerate(chunks):
         produced = {step.output for step in chunk}
-        used = {name for step in chunk for name in _step_inputs(step)}
-        later = {name for rest in chunks[i + 1 :] for step in rest for name in _step_inputs(step)} | outputs
+        used = {name for step in chunk for name in step_inputs(step)}
+        later = {name for rest in chunks[i + 1 :] for step in rest for name in step_inputs(step)} | outputs
         segments.append(
             Segment(
                 steps=chunk,

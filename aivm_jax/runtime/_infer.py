@@ -24,7 +24,7 @@ from aivm_jax._errors import (
 from aivm_jax.ops._vnni import register_kernel
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
-from aivm_jax.runtime._fusion import fuse_dense_chains
+from aivm_jax.runtime._fusion import fuse_chains
 from aivm_jax.runtime._hashing import output_hash, row_digests
 
 __all__ = ["InferenceResult", "infer"]
@@ -74,7 +74,7 @@ class _Compiled:
     def __init__(self, program: Program) -> None:
         self.program = program
         self.fn = jax.jit(self._run)
-        self.steps = fuse_dense_chains(program)  # dense chains as one fused op each
+        self.steps = fuse_chains(program)  # dense and attention chains as one fused op each
         small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
         self._segments: list[tuple[Segment, Any]] = []
         if len(self.steps) > SEGMENT_STEPS and not register_kernel():

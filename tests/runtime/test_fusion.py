@@ -8,9 +8,9 @@ import pytest
 
 from aivm_jax import infer
 from aivm_jax.ops import lowering, reference
-from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_TARGET_NAME, kernel_status
+from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_PACKED_TARGET_NAME, DENSE_TARGET_NAME, kernel_status
 from aivm_jax.program import Node, Program, ValueSpec
-from aivm_jax.runtime._fusion import FusedDense, dense, fuse_dense_chains
+from aivm_jax.runtime._fusion import FusedDense, dense, fuse_chains
 from aivm_jax.runtime._infer import _compiled_for
 
 
@@ -54,7 +54,7 @@ def _dense_program(*, relu: bool, bias: bool, out_dtype: str, extra_reader: bool
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_chains_equal_the_reference(out_dtype, relu, bias):
     program = _dense_program(relu=relu, bias=bias, out_dtype=out_dtype)
-    steps = fuse_dense_chains(program)
+    steps = fuse_chains(program)
     assert len(steps) == 1 and isinstance(steps[0], FusedDense) and steps[0].relu == relu
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (300, 70), dtype=np.int8)
@@ -73,7 +73,7 @@ def test_fused_chains_equal_the_reference(out_dtype, relu, bias):
 
 def test_a_chain_whose_intermediate_is_read_elsewhere_is_not_fused():
     program = _dense_program(relu=True, bias=True, out_dtype="int8", extra_reader=True)
-    assert not any(isinstance(step, FusedDense) for step in fuse_dense_chains(program))
+    assert not any(isinstance(step, FusedDense) for step in fuse_chains(program))
     x = np.random.default_rng(2).integers(-128, 128, (5, 70), dtype=np.int8)
     np.testing.assert_array_equal(infer(program, x).outputs, infer(program, x, mode="reference").outputs)
 
@@ -126,7 +126,7 @@ def test_fused_conv_chains_equal_the_reference(hw, kernel, strides, padding):
             "s": rng.integers(8, 20, (o,), dtype=np.int32),
         },
     )
-    steps = fuse_dense_chains(program)
+    steps = fuse_chains(program)
     assert len(steps) == 1 and steps[0].conv is not None
     x = rng.integers(-128, 128, (70, *hw, c), dtype=np.int8)
     ref = infer(program, x, mode="reference")
@@ -139,3 +139,25 @@ def test_fused_conv_chains_equal_the_reference(hw, kernel, strides, padding):
 
 def _conv_out(hw, kernel, strides, padding, o):
     return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, kernel, strides, padding)) + (o,)
+
+
+@pytest.mark.parametrize(
+    ("k", "n"), [(1, 1), (3, 16), (4, 17), (70, 32), (130, 33), (64, 48), (600, 100), (128, 512)]
+)
+def test_constant_weights_packed_ahead_equal_the_reference(k, n):
+    """A program's constant weights are packed once when it is compiled (`pack_weights`), in the
+    kernel's layout for every panel width (N of 1..16, 17..32, 48-wide) and K past one 512 pass."""
+    rng = np.random.default_rng(k * n)
+    x = rng.integers(-128, 128, (2, 9, k), dtype=np.int8)
+    x[0, 0], x[0, 1] = -128, 127
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    w[:, 0] = -128  # the extreme column sums
+    b = rng.integers(-(2**31), 2**31, (n,), dtype=np.int64).astype(np.int32)
+    m = rng.integers(-(2**31), 2**31, (n,), dtype=np.int64).astype(np.int32)
+    s = rng.integers(0, 63, (n,)).astype(np.int32)
+    fn = jax.jit(lambda x, b, m, s: dense(x, w, b, m, s, out_dtype="int32", relu=False))  # w: a constant
+    got = np.asarray(fn(x, b, m, s))
+    want = reference.requantize(reference.bias_add(reference.matmul(x, w), b), m, s, out_dtype="int32")
+    np.testing.assert_array_equal(got, want)
+    if kernel_status().startswith("avx512-vnni"):
+        assert DENSE_PACKED_TARGET_NAME in fn.lower(x, b, m, s).as_text()

@@ -118,3 +118,17 @@ def test_determinism_flags_are_in_force():
     report = aivm_jax.determinism_report()
     assert report["determinism_flags_set"], report["xla_flags"]
     assert report["cpu_kernels"].split(":")[0].split(" ")[0] in ("avx512-vnni", "unavailable", "off")
+
+
+def test_cpu_computations_run_on_the_calling_thread(monkeypatch):
+    """``import aivm_jax`` turns JAX's CPU async dispatch off (a speed setting) unless the user set it."""
+    import os
+    import subprocess
+    import sys
+
+    if "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:
+        assert aivm_jax.determinism_report()["cpu_async_dispatch"] is False
+    code = "import aivm_jax, jax; print(jax.config.read('jax_cpu_enable_async_dispatch'))"
+    monkeypatch.setenv("JAX_CPU_ENABLE_ASYNC_DISPATCH", "1")  # the user's own choice is kept
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"

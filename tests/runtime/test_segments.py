@@ -9,13 +9,13 @@ import pytest
 import aivm_jax
 from aivm_jax.runtime import _infer
 from aivm_jax.runtime._execute import plan_segments
-from aivm_jax.runtime._fusion import fuse_dense_chains
+from aivm_jax.runtime._fusion import fuse_chains
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_the_plan_covers_every_step_and_every_value_flows(shipped_program, size):
     program = shipped_program
-    steps = fuse_dense_chains(program)
+    steps = fuse_chains(program)
     segments = plan_segments(program, steps, size)
     assert [step for segment in segments for step in segment.steps] == steps
     available = {spec.name for spec in program.inputs}

@@ -290,10 +290,17 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, int64_t N, int64_t m0
   }
 }
 
+// A shared B packed ahead of time (a program's constant weights, packed once when it is compiled):
+// exactly the bytes pack_b_panel<NV> and column_init would write, so the product is the same.
+struct Prepacked {
+  const int8_t* panels;  // (Np / NR) panels of [Kp/4][NR][4] bytes
+  const int32_t* init;   // Np column starts, -128 colsum(B) modulo 2**32 (zero past N)
+};
+
 template <int NV>
 void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, int64_t batch, bool b_batched,
           bool a_shared, int64_t M, int64_t K, int64_t N, const Epilogue* epilogue = nullptr,
-          const ConvRows* conv = nullptr) {
+          const ConvRows* conv = nullptr, const Prepacked* prepacked = nullptr) {
   constexpr int64_t NR = 16 * NV;
   const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
   const bool small = batch * M * K * N < kSerialMacs;
@@ -314,11 +321,20 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
   const int64_t rows = batch * M;  // leading axes of A flatten into rows; B is shared
   // Packed B and the column starts live in the calling thread's scratch; helpers only read them,
   // and this thread waits for every task before returning.
-  int8_t* bpk = reinterpret_cast<int8_t*>(packed_scratch.get(Kp * Np + 4 * Np));
-  int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);
-  auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, bpk + p * NR * Kp); };
-  parallel_for(pool, panels, serial ? 0 : threads - 1, pack);
-  column_init(b, K, N, init);
+  const int8_t* bpk;
+  const int32_t* init;
+  if (prepacked != nullptr) {
+    bpk = prepacked->panels;
+    init = prepacked->init;
+  } else {
+    int8_t* packed = reinterpret_cast<int8_t*>(packed_scratch.get(Kp * Np + 4 * Np));
+    int32_t* starts = reinterpret_cast<int32_t*>(packed + Kp * Np);
+    auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, packed + p * NR * Kp); };
+    parallel_for(pool, panels, serial ? 0 : threads - 1, pack);
+    column_init(b, K, N, starts);
+    bpk = packed;
+    init = starts;
+  }
   // Tasks: MC-row chunks x groups of column panels, at least 2 per thread when the shape allows.
   const int64_t chunks = (rows + MC - 1) / MC;
   const int64_t groups = serial ? 1 : std::min(panels, std::max<int64_t>(1, (2 * threads + chunks - 1) / chunks));
@@ -482,18 +498,27 @@ ffi::Error make_epilogue(ffi::Buffer<ffi::S32>& bias, ffi::Buffer<ffi::S32>& mul
   return ffi::Error::Success();
 }
 
+// Column panels of 16 * NV: the widest that does not pad N more (aivm_jax/ops/_gemm.py::pack_weights
+// follows the same rule).
+int panel_vectors(int64_t N) { return N <= 16 ? 1 : (N <= 32 || round_up(N, 32) < round_up(N, 48)) ? 2 : 3; }
+
 void run_dense(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int64_t rows, int64_t K, int64_t N,
-               const Epilogue& e, const ConvRows* conv) {
+               const Epilogue& e, const ConvRows* conv, const Prepacked* prepacked = nullptr) {
   if (rows * N == 0) return;
   if (K == 0) {  // the zero product
     const std::vector<int32_t> zeros(rows * N, 0);
     apply_epilogue(e, zeros.data(), N, 0, rows, 0, N);
-  } else if (N <= 16) {
-    gemm<1>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
-  } else if (N <= 32 || round_up(N, 32) < round_up(N, 48)) {
-    gemm<2>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
-  } else {
-    gemm<3>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv);
+    return;
+  }
+  switch (panel_vectors(N)) {
+    case 1:
+      gemm<1>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv, prepacked);
+      break;
+    case 2:
+      gemm<2>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv, prepacked);
+      break;
+    default:
+      gemm<3>(pool, a, b, nullptr, 1, false, false, rows, K, N, &e, conv, prepacked);
   }
 }
 
@@ -509,6 +534,25 @@ ffi::Error Int8DenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buff
   Epilogue e;
   if (ffi::Error error = make_epilogue(bias, multiplier, shift, out, relu, bd[1], e); error.failure()) return error;
   run_dense(pool, a.typed_data(), b.typed_data(), rows, bd[0], bd[1], e, nullptr);
+  return ffi::Error::Success();
+}
+
+// dense with B packed ahead of time: a (..., K) x packed panels of a (K, N) matrix, then the epilogue.
+ffi::Error Int8DensePackedImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> panels,
+                               ffi::Buffer<ffi::S32> init, ffi::Buffer<ffi::S32> bias,
+                               ffi::Buffer<ffi::S32> multiplier, ffi::Buffer<ffi::S32> shift,
+                               ffi::Result<ffi::AnyBuffer> out, bool relu) {
+  const auto ad = a.dimensions();
+  const int64_t K = ad.size() == 0 ? 0 : ad.back(), N = bias.element_count();
+  const int64_t NR = 16 * panel_vectors(N), Kp = round_up(K, 4), Np = round_up(N, NR);
+  if (ad.size() < 2 || K < 1 || N < 1 || panels.element_count() != Kp * Np || init.element_count() != Np)
+    return ffi::Error::InvalidArgument("aivm_int8_dense_packed: the packed weights do not fit the operands");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < ad.size(); ++i) rows *= ad[i];
+  Epilogue e;
+  if (ffi::Error error = make_epilogue(bias, multiplier, shift, out, relu, N, e); error.failure()) return error;
+  const Prepacked prepacked{panels.typed_data(), init.typed_data()};
+  run_dense(pool, a.typed_data(), nullptr, rows, K, N, e, nullptr, &prepacked);
   return ffi::Error::Success();
 }
 
@@ -552,6 +596,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8DenseVnni, Int8DenseImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmInt8DensePackedVnni, Int8DensePackedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

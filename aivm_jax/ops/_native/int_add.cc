@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "parallel.h"
+#include "rescale.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -50,7 +51,7 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ff
                                          _mm512_mul_epi32(wide(ys + at), wide(my + c)));
         total = _mm512_srav_epi64(_mm512_add_epi64(total, half), s);
         total = _mm512_min_epi64(_mm512_max_epi64(total, lo), hi);
-        _mm512_mask_cvtepi64_storeu_epi32(zs + at, lanes, total);
+        aivm::store8_int32_truncated(zs + at, lanes, total);
       }
     }
   };

@@ -13,9 +13,14 @@
 // and the second term is < 2**63 m / (m 2**(63+l)) = 2**-l <= 1/m, while the fraction of
 // u/m is at most (m-1)/m: the sum never reaches the next integer. Negative numerators use
 // floor(n / m) = -floor((-n + m - 1) / m). All integer; rows are independent.
+//
+// A second target, aivm_int_layer_norm_int8, ends each row with the requantize to int8 that
+// usually follows a layer norm (rescale.h), so the int32 rows are never stored.
+#include <climits>
 #include <cstdint>
 
 #include "parallel.h"
+#include "rescale.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -58,8 +63,16 @@ inline __m512i load_clamped(const int32_t* x, __mmask8 lanes) {
   return _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(-kInputLimit)), _mm512_set1_epi64(kInputLimit));
 }
 
+// Requantize's per-channel multiplier and shift (int32, D each), for the int8 variant.
+struct Rescale {
+  const int32_t* multiplier;
+  const int32_t* shift;
+};
+
+// One row; Out = int32_t stores the layer norm, Out = int8_t stores requantize(layer norm, rescale).
+template <typename Out>
 void layer_norm_row(const int32_t* x, const int32_t* gamma, const int32_t* beta, int64_t d, int64_t eps,
-                    int32_t* out) {
+                    const Rescale& rescale, Out* out) {
   __m512i sums = _mm512_setzero_si512();
   for (int64_t i = 0; i < d; i += 8) sums = _mm512_add_epi64(sums, load_clamped(x + i, aivm::lanes_left(d - i)));
   const int64_t mean = floor_div(_mm512_reduce_add_epi64(sums), d);
@@ -92,12 +105,22 @@ void layer_norm_row(const int32_t* x, const int32_t* gamma, const int32_t* beta,
     const __m512i u = _mm512_mask_add_epi64(n, negative, _mm512_sub_epi64(_mm512_setzero_si512(), n), round_up);
     __m512i q = mul_high_shift(u, magics, high_shift);
     q = _mm512_mask_sub_epi64(q, negative, _mm512_setzero_si512(), q);
-    _mm512_mask_cvtsepi64_storeu_epi32(out + i, lanes, _mm512_add_epi64(q, b));  // saturates to int32
+    const __m512i y = _mm512_add_epi64(q, b);
+    if constexpr (sizeof(Out) == 4) {
+      aivm::store8_int32_saturated(out + i, lanes, y);
+    } else {  // the int32 result (saturated), then requantize's rescale, saturated to int8
+      const __m512i y32 = _mm512_min_epi64(_mm512_max_epi64(y, _mm512_set1_epi64(INT32_MIN)),
+                                           _mm512_set1_epi64(INT32_MAX));
+      const __m512i z = aivm::rescale8(y32, aivm::load8_epi64(rescale.multiplier + i, lanes),
+                                       aivm::load8_epi64(rescale.shift + i, lanes));
+      aivm::store8_int8_saturated(out + i, lanes, z);
+    }
   }
 }
 
-ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> gamma,
-                         ffi::Buffer<ffi::S32> beta, ffi::ResultBuffer<ffi::S32> y, int64_t eps) {
+template <typename Out>
+ffi::Error LayerNorm(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& x, ffi::Buffer<ffi::S32>& gamma,
+                     ffi::Buffer<ffi::S32>& beta, const Rescale& rescale, Out* ys, int64_t eps) {
   const auto xd = x.dimensions();
   const int64_t d = xd.size() == 0 ? 0 : xd.back();
   if (xd.size() == 0 || d < 1 || d > 8192 || gamma.element_count() != d || beta.element_count() != d || eps < 0 ||
@@ -105,16 +128,33 @@ ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buf
     return ffi::Error::InvalidArgument("aivm_int_layer_norm: bad shapes or eps");
   const int64_t rows = x.element_count() / d;
   const int32_t* xs = x.typed_data();
-  int32_t* ys = y->typed_data();
   constexpr int64_t kRowsPerTask = 32;
   const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   auto body = [&](int64_t t) {
     for (int64_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r)
-      layer_norm_row(xs + r * d, gamma.typed_data(), beta.typed_data(), d, eps, ys + r * d);
+      layer_norm_row(xs + r * d, gamma.typed_data(), beta.typed_data(), d, eps, rescale, ys + r * d);
   };
   const int64_t helpers = rows * d < (int64_t{1} << 15) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
+}
+
+ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> gamma,
+                         ffi::Buffer<ffi::S32> beta, ffi::ResultBuffer<ffi::S32> y, int64_t eps) {
+  return LayerNorm(pool, x, gamma, beta, Rescale{nullptr, nullptr}, y->typed_data(), eps);
+}
+
+// requantize(layer_norm(x), multiplier, shift) to int8, per channel: the int32 rows never stored.
+ffi::Error LayerNormInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ffi::S32> gamma,
+                             ffi::Buffer<ffi::S32> beta, ffi::Buffer<ffi::S32> multiplier,
+                             ffi::Buffer<ffi::S32> shift, ffi::ResultBuffer<ffi::S8> y, int64_t eps) {
+  const int64_t d = gamma.element_count();
+  if (multiplier.element_count() != d || shift.element_count() != d)
+    return ffi::Error::InvalidArgument("aivm_int_layer_norm_int8: multiplier and shift need one value per channel");
+  for (int64_t c = 0; c < d; ++c)
+    if (shift.typed_data()[c] < 0 || shift.typed_data()[c] > 62)
+      return ffi::Error::InvalidArgument("aivm_int_layer_norm_int8: shift outside [0, 62]");
+  return LayerNorm(pool, x, gamma, beta, Rescale{multiplier.typed_data(), shift.typed_data()}, y->typed_data(), eps);
 }
 
 }  // namespace
@@ -126,4 +166,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmIntLayerNorm, LayerNormImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AivmIntLayerNormInt8, LayerNormInt8Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S8>>()
                                   .Attr<int64_t>("eps"));

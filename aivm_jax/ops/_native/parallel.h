@@ -26,6 +26,11 @@ struct Scratch {
 // The mask of the first min(left, 8) of eight 64-bit lanes (a loop's tail).
 inline __mmask8 lanes_left(int64_t left) { return left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1); }
 
+// The mask of the first min(left, 16) of sixteen 32-bit lanes.
+inline __mmask16 lanes16_left(int64_t left) {
+  return left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+}
+
 // Runs fn(0..n-1) on the caller and up to `helpers` pool threads; returns when all are done.
 // Late pool tasks find no index left and touch nothing but the shared counters.
 template <typename F>
