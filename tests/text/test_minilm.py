@@ -135,3 +135,27 @@ def test_cli_infer_takes_named_inputs(minilm_file, tmp_path):
     assert done.exit_code == 0, done.output
     expected = aivm_jax.infer(minilm_file, {"input_ids": ids, "attention_mask": mask})
     assert json.loads(done.stdout)["row_hashes"] == list(expected.row_hashes)
+
+
+def test_a_changed_tokenizer_file_is_noticed_though_the_tokenizer_is_cached(minilm, tmp_path, monkeypatch):
+    """`embed` builds the tokenizer once per version of tokenizer.json, and checks the file's hash
+    against the program's on every call: an edited file is refused at once."""
+    import shutil
+
+    from aivm_jax import ModelSourceError, embed
+    from aivm_jax.models import _minilm
+
+    source = tmp_path / "model"
+    source.mkdir()
+    shutil.copy(_minilm.minilm_source() / "tokenizer.json", source / "tokenizer.json")
+    monkeypatch.setattr(_minilm, "minilm_source", lambda: source)
+    first = embed(minilm, ["A man is eating food."])
+    assert embed(minilm, ["A man is eating food."]).row_hashes == first.row_hashes
+    config = json.loads((source / "tokenizer.json").read_text())
+    config["model"]["vocab"]["food"], config["model"]["vocab"]["man"] = (
+        config["model"]["vocab"]["man"],
+        config["model"]["vocab"]["food"],
+    )
+    (source / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSourceError, match="tokenizer.json differs"):
+        embed(minilm, ["A man is eating food."])
