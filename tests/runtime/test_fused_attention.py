@@ -9,9 +9,10 @@ import pytest
 
 from aivm_jax import infer
 from aivm_jax.ops import reference
+from aivm_jax.ops._fused import attention
 from aivm_jax.ops._vnni import ATTENTION_INT8_TARGET_NAME, ATTENTION_TARGET_NAME, kernel_status
 from aivm_jax.program import Node, Program, ValueSpec
-from aivm_jax.runtime._fusion import FusedAttention, Requantized, attention, fuse_chains
+from aivm_jax.runtime._fusion import FusedAttention, Requantized, fuse_chains
 from aivm_jax.runtime._infer import _compiled_for
 
 KERNELS = kernel_status().startswith("avx512-vnni")

@@ -8,9 +8,10 @@ import pytest
 
 from aivm_jax import infer
 from aivm_jax.ops import lowering, reference
+from aivm_jax.ops._fused import dense
 from aivm_jax.ops._vnni import CONV_TARGET_NAME, DENSE_PACKED_TARGET_NAME, DENSE_TARGET_NAME, kernel_status
 from aivm_jax.program import Node, Program, ValueSpec
-from aivm_jax.runtime._fusion import FusedDense, dense, fuse_chains
+from aivm_jax.runtime._fusion import FusedDense, fuse_chains
 from aivm_jax.runtime._infer import _compiled_for
 
 

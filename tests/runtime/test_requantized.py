@@ -9,9 +9,10 @@ import pytest
 
 from aivm_jax import infer
 from aivm_jax.ops import reference
+from aivm_jax.ops._fused import attention, layer_norm_requantized, table_requantized
 from aivm_jax.ops._vnni import LAYER_NORM_INT8_TARGET_NAME, TABLE_REQUANTIZE_TARGET_NAME, kernel_status
 from aivm_jax.program import Node, Program, ValueSpec
-from aivm_jax.runtime._fusion import attention, fuse_chains, layer_norm_requantized, table_requantized
+from aivm_jax.runtime._fusion import fuse_chains
 from aivm_jax.runtime._infer import _compiled_for
 
 KERNELS = kernel_status().startswith("avx512-vnni")
