@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/int8_gemm.py [--repeats N]
 
-Same run, same operands, median of N calls after warm-up. "aivm" is
+Same run, same operands, median of N calls (and of at least half a second
+of calls) after warm-up. "aivm" is
 `int8_matmul` as the runtime runs it (the project's AVX-512 VNNI kernel where
 the CPU has it, see the "engine" line); "xla dot" is XLA's own s8 dot, the
 engine it replaces, for reference. onnxruntime gets
@@ -82,9 +83,10 @@ def main() -> None:
         a_dev, b_dev = jax.device_put(a), jax.device_put(b)
         assert np.array_equal(np.asarray(gemm(a_dev, b_dev)), exact), "int8_matmul is not exact"
         ops = 2 * m * k * n
-        ort_rate = ops / median_seconds(args.repeats, session.run, None, feeds) / 1e9
-        xla_rate = ops / median_seconds(args.repeats, xla_gemm, a_dev, b_dev) / 1e9
-        aivm_rate = ops / median_seconds(args.repeats, gemm, a_dev, b_dev) / 1e9
+        # At least half a second of calls each: the digits shapes take a few microseconds.
+        ort_rate = ops / median_seconds(args.repeats, session.run, None, feeds, min_seconds=0.5) / 1e9
+        xla_rate = ops / median_seconds(args.repeats, xla_gemm, a_dev, b_dev, min_seconds=0.5) / 1e9
+        aivm_rate = ops / median_seconds(args.repeats, gemm, a_dev, b_dev, min_seconds=0.5) / 1e9
         print(
             f"{name:16s} {f'{m}x{k}x{n}':>18s} {ort_rate:18.1f} {xla_rate:14.1f} {aivm_rate:11.1f} "
             f"{aivm_rate / ort_rate:5.2f}x"
