@@ -14,7 +14,8 @@
 //    of D to a multiple of 4 uses zero bytes of k. Every step is int32 addition modulo 2**32
 //    (the column sums too, formed in uint32), which is the opset's wrap-around.
 //  * z: |s| < 2**31 and |M| <= 2**31, so s M + 2**(shift-1) fits int64 (VPMULLQ is exact there);
-//    the arithmetic shift is the floor, and VPMOVSQD saturates to int32 as requantize does.
+//    the arithmetic shift is the floor, and VPMOVSQD (in a register) saturates to int32 as
+//    requantize does.
 //  * c: 0 <= p <= 2**out_bits <= 2**30, so p is at most four unsigned bytes p = sum_i 2**(8i) p_i.
 //    Each byte plane multiplies v exactly with VPDPBUSD (u8 x s8, groups of four keys), and
 //    c = sum_i 2**(8i) (p_i v) modulo 2**32 is the int32 product's wrap-around. Keys a query does
@@ -198,9 +199,10 @@ ffi::Error Attention(ffi::ThreadPool& pool, ffi::Buffer<ffi::S8>& q, ffi::Buffer
     int8_t* kpacked = reinterpret_cast<int8_t*>(k_scratch.get(s.tkp * s.g4 * 4 + sizeof(int32_t) * s.tkp));
     int32_t* corr = reinterpret_cast<int32_t*>(kpacked + s.tkp * s.g4 * 4);
     int8_t* vpacked = reinterpret_cast<int8_t*>(v_scratch.get(round_up(s.tk, 4) * s.dvp));
-    // Per row: qwords (g4), z (tkp), e (tk), p (tk) as int32, then the byte planes of p.
-    int32_t* qwords = reinterpret_cast<int32_t*>(row_scratch.get(sizeof(int32_t) * (s.g4 + 3 * s.tkp) +
-                                                                 4 * round_up(s.tk, 4) + 64));
+    // Per row: qwords (g4, padded to 16), z, e and p (tkp each) as int32, then up to four byte
+    // planes of p (keys padded to 4).
+    const int64_t words = round_up(s.g4, 16) + 3 * s.tkp;
+    int32_t* qwords = reinterpret_cast<int32_t*>(row_scratch.get(sizeof(int32_t) * words + 4 * round_up(s.tk, 4)));
     int32_t* z = qwords + round_up(s.g4, 16);
     int32_t* e = z + s.tkp;
     int32_t* p = e + s.tkp;
