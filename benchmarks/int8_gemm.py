@@ -9,8 +9,10 @@ the CPU has it, see the "engine" line); "xla dot" is XLA's own s8 dot, the
 engine it replaces, for reference. onnxruntime gets
 what its fast kernel wants: uint8 activations (the int8 values + 128, with
 zero point 128) times int8 weights. Both results are checked against the
-exact int64 product before timing. Shapes: 1024^3, the digits-mlp layers at
-batch 256, and the all-MiniLM-L6-v2 projections at 32 x 128 tokens.
+exact int64 product before timing. Shapes: 1024^3, the digits-mlp layers and
+the digits-cnn layers (its convolutions as the (pixels, 3 * 3 * C) x (3 * 3 * C,
+O) products of their im2col) at batch 256, and the char-gpt and
+all-MiniLM-L6-v2 projections at 32 x 128 tokens.
 Ratio = AIVM GOP/s / onnxruntime GOP/s (> 1: the AIVM is faster).
 Needs the benchmark extra (`pip install -e '.[bench]'`).
 """
@@ -33,6 +35,13 @@ SHAPES = [
     ("digits-mlp fc1", 256, 64, 64),
     ("digits-mlp fc2", 256, 64, 32),
     ("digits-mlp fc3", 256, 32, 10),
+    ("digits-cnn conv1", 16384, 9, 16),  # its 3x3 convs as the kernel's implicit im2col sees them
+    ("digits-cnn conv2", 4096, 144, 32),
+    ("digits-cnn fc", 256, 128, 10),
+    ("char-gpt qkvo", 4096, 128, 128),  # 32 windows of 128 tokens
+    ("char-gpt ffn up", 4096, 128, 512),
+    ("char-gpt ffn down", 4096, 512, 128),
+    ("char-gpt head", 4096, 128, 94),
     ("minilm qkvo", 4096, 384, 384),
     ("minilm ffn up", 4096, 384, 1536),
     ("minilm ffn down", 4096, 1536, 384),

@@ -79,6 +79,46 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const 
 #undef AIVM_ROW_STORE
 }
 
+// The same product for a whole tile in one pass: the accumulators start at the column starts
+// `init` (the same for every row) and go straight to MR full rows of C (stride N), with no tile
+// buffer in between. Used when all of K is one pass and the tile has no ragged edge.
+template <int NV>
+__attribute__((noinline)) void micro_kernel_direct(const uint8_t* __restrict ap, const int8_t* __restrict bp,
+                                                   int64_t kc4, const int32_t* __restrict init,
+                                                   int32_t* __restrict c, int64_t N) {
+  const __m512i i0 = _mm512_loadu_si512(init);
+  const __m512i i1 = NV > 1 ? _mm512_loadu_si512(init + 16) : i0;
+  const __m512i i2 = NV > 2 ? _mm512_loadu_si512(init + 32) : i0;
+#define AIVM_ROW_DECL(r) __m512i c##r##0 = i0, c##r##1 = i1, c##r##2 = i2;
+  AIVM_ROW_DECL(0) AIVM_ROW_DECL(1) AIVM_ROW_DECL(2) AIVM_ROW_DECL(3)
+  AIVM_ROW_DECL(4) AIVM_ROW_DECL(5) AIVM_ROW_DECL(6) AIVM_ROW_DECL(7)
+#undef AIVM_ROW_DECL
+  for (int64_t k = 0; k < kc4; ++k) {
+    const __m512i b0 = _mm512_loadu_si512(bp);
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;
+#define AIVM_ROW_STEP(r)                                                          \
+  {                                                                               \
+    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r)); \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                \
+    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);          \
+    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);          \
+  }
+    AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)
+    AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)
+#undef AIVM_ROW_STEP
+    bp += 64 * NV;
+    ap += 4 * MR;
+  }
+#define AIVM_ROW_STORE(r)                                                         \
+  _mm512_storeu_si512(c + r * N, c##r##0);                                        \
+  if constexpr (NV > 1) _mm512_storeu_si512(c + r * N + 16, c##r##1);             \
+  if constexpr (NV > 2) _mm512_storeu_si512(c + r * N + 32, c##r##2);
+  AIVM_ROW_STORE(0) AIVM_ROW_STORE(1) AIVM_ROW_STORE(2) AIVM_ROW_STORE(3)
+  AIVM_ROW_STORE(4) AIVM_ROW_STORE(5) AIVM_ROW_STORE(6) AIVM_ROW_STORE(7)
+#undef AIVM_ROW_STORE
+}
+
 // Columns [jr, jr + NR) of B (K, N) row-major int8 -> one panel [Kp/4][NR][4], zero padded.
 template <int NV>
 void pack_b_panel(const int8_t* b, int64_t K, int64_t N, int64_t jr, int64_t Kp, int8_t* dst) {
@@ -169,9 +209,14 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
         masks[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
       }
       const int8_t* bp = bpk + jr * Kp + pc * NR;
+      const bool one_pass_full_width = kc == Kp && jr + NR <= N;
       for (int64_t ir = 0; ir < rows; ir += MR) {
         const int64_t mv = std::min(MR, rows - ir);
         int32_t* crow = c + ir * N + jr;
+        if (one_pass_full_width && mv == MR) {
+          micro_kernel_direct<NV>(abuf + ir * kc, bp, kc / 4, init + jr, crow, N);
+          continue;
+        }
         for (int64_t r = 0; r < MR; ++r)
           for (int64_t v = 0; v < NV; ++v) {
             __m512i start = pc == 0 ? _mm512_maskz_loadu_epi32(masks[v], init + jr + 16 * v)
