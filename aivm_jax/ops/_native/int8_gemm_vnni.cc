@@ -41,7 +41,28 @@ constexpr int64_t kSerialMacs = int64_t{1} << 21;  // below this, one thread
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// acc[MR][NV] += A_panel (kc4 groups of 4 k) x B_panel, in registers; t holds the MR x 16NV tile.
+// The register-blocked product shared by the two micro-kernels: accumulators c<r><v> (MR rows x NV
+// vectors of 16 columns) += A_panel (kc4 groups of 4 k, [kc4][MR][4] bytes) x B_panel.
+#define AIVM_ROW_STEP(r)                                                                    \
+  {                                                                                         \
+    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));     \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                          \
+    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);                    \
+    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);                    \
+  }
+#define AIVM_K_LOOP                                                                         \
+  for (int64_t k = 0; k < kc4; ++k) {                                                       \
+    const __m512i b0 = _mm512_loadu_si512(bp);                                              \
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;                           \
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;                          \
+    AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)                     \
+    AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)                     \
+    bp += 64 * NV;                                                                          \
+    ap += 4 * MR;                                                                           \
+  }
+#define AIVM_FOR_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+
+// acc[MR][NV] += A_panel x B_panel, in registers; t holds the MR x 16NV tile (loaded and stored).
 template <int NV>
 __attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const int8_t* __restrict bp,
                                             int64_t kc4, int32_t* __restrict t) {
@@ -50,32 +71,14 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const 
   __m512i c##r##0 = _mm512_load_si512(t + r * NR);                                \
   __m512i c##r##1 = NV > 1 ? _mm512_load_si512(t + r * NR + 16) : c##r##0;        \
   __m512i c##r##2 = NV > 2 ? _mm512_load_si512(t + r * NR + 32) : c##r##0;
-  AIVM_ROW_DECL(0) AIVM_ROW_DECL(1) AIVM_ROW_DECL(2) AIVM_ROW_DECL(3)
-  AIVM_ROW_DECL(4) AIVM_ROW_DECL(5) AIVM_ROW_DECL(6) AIVM_ROW_DECL(7)
+  AIVM_FOR_ROWS(AIVM_ROW_DECL)
 #undef AIVM_ROW_DECL
-  for (int64_t k = 0; k < kc4; ++k) {
-    const __m512i b0 = _mm512_loadu_si512(bp);
-    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;
-    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;
-#define AIVM_ROW_STEP(r)                                                          \
-  {                                                                               \
-    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r)); \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                \
-    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);          \
-    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);          \
-  }
-    AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)
-    AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)
-#undef AIVM_ROW_STEP
-    bp += 64 * NV;
-    ap += 4 * MR;
-  }
+  AIVM_K_LOOP
 #define AIVM_ROW_STORE(r)                                                         \
   _mm512_store_si512(t + r * NR, c##r##0);                                        \
   if constexpr (NV > 1) _mm512_store_si512(t + r * NR + 16, c##r##1);             \
   if constexpr (NV > 2) _mm512_store_si512(t + r * NR + 32, c##r##2);
-  AIVM_ROW_STORE(0) AIVM_ROW_STORE(1) AIVM_ROW_STORE(2) AIVM_ROW_STORE(3)
-  AIVM_ROW_STORE(4) AIVM_ROW_STORE(5) AIVM_ROW_STORE(6) AIVM_ROW_STORE(7)
+  AIVM_FOR_ROWS(AIVM_ROW_STORE)
 #undef AIVM_ROW_STORE
 }
 
@@ -90,34 +93,19 @@ __attribute__((noinline)) void micro_kernel_direct(const uint8_t* __restrict ap,
   const __m512i i1 = NV > 1 ? _mm512_loadu_si512(init + 16) : i0;
   const __m512i i2 = NV > 2 ? _mm512_loadu_si512(init + 32) : i0;
 #define AIVM_ROW_DECL(r) __m512i c##r##0 = i0, c##r##1 = i1, c##r##2 = i2;
-  AIVM_ROW_DECL(0) AIVM_ROW_DECL(1) AIVM_ROW_DECL(2) AIVM_ROW_DECL(3)
-  AIVM_ROW_DECL(4) AIVM_ROW_DECL(5) AIVM_ROW_DECL(6) AIVM_ROW_DECL(7)
+  AIVM_FOR_ROWS(AIVM_ROW_DECL)
 #undef AIVM_ROW_DECL
-  for (int64_t k = 0; k < kc4; ++k) {
-    const __m512i b0 = _mm512_loadu_si512(bp);
-    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;
-    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;
-#define AIVM_ROW_STEP(r)                                                          \
-  {                                                                               \
-    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r)); \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                \
-    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);          \
-    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);          \
-  }
-    AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)
-    AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)
-#undef AIVM_ROW_STEP
-    bp += 64 * NV;
-    ap += 4 * MR;
-  }
+  AIVM_K_LOOP
 #define AIVM_ROW_STORE(r)                                                         \
   _mm512_storeu_si512(c + r * N, c##r##0);                                        \
   if constexpr (NV > 1) _mm512_storeu_si512(c + r * N + 16, c##r##1);             \
   if constexpr (NV > 2) _mm512_storeu_si512(c + r * N + 32, c##r##2);
-  AIVM_ROW_STORE(0) AIVM_ROW_STORE(1) AIVM_ROW_STORE(2) AIVM_ROW_STORE(3)
-  AIVM_ROW_STORE(4) AIVM_ROW_STORE(5) AIVM_ROW_STORE(6) AIVM_ROW_STORE(7)
+  AIVM_FOR_ROWS(AIVM_ROW_STORE)
 #undef AIVM_ROW_STORE
 }
+#undef AIVM_FOR_ROWS
+#undef AIVM_K_LOOP
+#undef AIVM_ROW_STEP
 
 // Columns [jr, jr + NR) of B (K, N) row-major int8 -> one panel [Kp/4][NR][4], zero padded.
 template <int NV>

@@ -28,8 +28,8 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ff
       y_multiplier.element_count() != n || shift.element_count() != n || n < 1 || low > high)
     return ffi::Error::InvalidArgument("aivm_int_add: bad shapes or bounds");
   const int32_t* shifts = shift.typed_data();
-  for (int64_t c = 0; c < n; ++c)
-    if (shifts[c] < 0 || shifts[c] > 62) return ffi::Error::InvalidArgument("aivm_int_add: shift outside [0, 62]");
+  if (!aivm::shifts_in_range(shifts, n))
+    return ffi::Error::InvalidArgument("aivm_int_add: shift outside [0, 62]");
   const int64_t rows = x.element_count() / n;
   const int32_t *xs = x.typed_data(), *ys = y.typed_data();
   const int32_t *mx = x_multiplier.typed_data(), *my = y_multiplier.typed_data();

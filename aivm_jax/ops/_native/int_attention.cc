@@ -243,9 +243,8 @@ ffi::Error AttentionInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> q, ffi::
   const int64_t dv = vd.size() == 4 ? vd[3] : -1;
   if (out_multiplier.element_count() != dv || out_shift.element_count() != dv)
     return ffi::Error::InvalidArgument("aivm_int_attention_int8: one output multiplier and shift per column");
-  for (int64_t c = 0; c < dv; ++c)
-    if (out_shift.typed_data()[c] < 0 || out_shift.typed_data()[c] > 62)
-      return ffi::Error::InvalidArgument("aivm_int_attention_int8: shift outside [0, 62]");
+  if (!aivm::shifts_in_range(out_shift.typed_data(), dv))
+    return ffi::Error::InvalidArgument("aivm_int_attention_int8: shift outside [0, 62]");
   return Attention(pool, q, kt, v, mask, table, multiplier, shift,
                    Rescale{out_multiplier.typed_data(), out_shift.typed_data()}, out->typed_data(), causal, out_bits);
 }

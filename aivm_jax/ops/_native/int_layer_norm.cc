@@ -151,9 +151,8 @@ ffi::Error LayerNormInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi:
   const int64_t d = gamma.element_count();
   if (multiplier.element_count() != d || shift.element_count() != d)
     return ffi::Error::InvalidArgument("aivm_int_layer_norm_int8: multiplier and shift need one value per channel");
-  for (int64_t c = 0; c < d; ++c)
-    if (shift.typed_data()[c] < 0 || shift.typed_data()[c] > 62)
-      return ffi::Error::InvalidArgument("aivm_int_layer_norm_int8: shift outside [0, 62]");
+  if (!aivm::shifts_in_range(shift.typed_data(), d))
+    return ffi::Error::InvalidArgument("aivm_int_layer_norm_int8: shift outside [0, 62]");
   return LayerNorm(pool, x, gamma, beta, Rescale{multiplier.typed_data(), shift.typed_data()}, y->typed_data(), eps);
 }
 

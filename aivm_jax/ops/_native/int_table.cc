@@ -24,9 +24,8 @@ ffi::Error TableRequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi
   if (values.element_count() != 256 || multiplier.element_count() != n || shift.element_count() != n || n < 1)
     return ffi::Error::InvalidArgument("aivm_int_table_requantize: bad shapes");
   const int32_t* shifts = shift.typed_data();
-  for (int64_t c = 0; c < n; ++c)
-    if (shifts[c] < 0 || shifts[c] > 62)
-      return ffi::Error::InvalidArgument("aivm_int_table_requantize: shift outside [0, 62]");
+  if (!aivm::shifts_in_range(shifts, n))
+    return ffi::Error::InvalidArgument("aivm_int_table_requantize: shift outside [0, 62]");
   const int64_t rows = x.element_count() / n;
   const int8_t* xs = x.typed_data();
   const int32_t *table = values.typed_data(), *ms = multiplier.typed_data();

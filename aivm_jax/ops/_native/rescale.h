@@ -12,6 +12,13 @@
 
 namespace aivm {
 
+// Whether every one of the n shifts lies in [0, 62], requantize's range (checked before a kernel runs).
+inline bool shifts_in_range(const int32_t* shift, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (shift[i] < 0 || shift[i] > 62) return false;
+  return true;
+}
+
 // x and multiplier as int64 lanes holding int32 values, shift in [0, 62]. VPMULDQ multiplies the
 // signed low 32 bits of each lane into the exact 64-bit product.
 inline __m512i rescale8(__m512i x, __m512i multiplier, __m512i shift) {
