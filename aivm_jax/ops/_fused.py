@@ -53,7 +53,8 @@ def dense(x, w, bias, multiplier, shift, *, out_dtype: str, relu: bool) -> jax.A
     n = w.shape[1]
     operands = (x, w, *_per_column(bias, multiplier, shift, n))
     out = jax.ShapeDtypeStruct((*x.shape[:-1], n), jnp.dtype(out_dtype))
-    if isinstance(w, np.ndarray) and x.dtype == jnp.int8 and w.dtype == np.int8 and register_kernel():
+    constant = isinstance(w, np.ndarray) and w.dtype == np.int8 and w.size > 0
+    if constant and x.dtype == jnp.int8 and register_kernel():
         # Constant weights (a program's parameters compiled in): packed once here, not on every call.
         panels, init = pack_weights(w)
 
