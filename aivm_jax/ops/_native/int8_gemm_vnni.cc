@@ -147,9 +147,40 @@ void column_init(const int8_t* b, int64_t K, int64_t N, int32_t* init) {
   for (int64_t n = 0; n < N; ++n) sums[n] *= static_cast<uint32_t>(-128);
 }
 
+// Eight rows of eight 4-byte groups (row r at src + r * K) -> out[g * MR + r], each byte XOR 0x80:
+// an 8 x 8 transpose of 32-bit words in registers (MR = 8).
+inline void pack_a_8x8(const int8_t* src, int64_t K, uint32_t* out) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256i r[8];
+  for (int64_t i = 0; i < 8; ++i)
+    r[i] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * K)), flip);
+  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u4, 0x20));  // group 0, rows 0-7
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u1, u5, 0x20));
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u2, u6, 0x20));
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u3, u7, 0x20));
+  _mm256_storeu_si256(o + 4, _mm256_permute2x128_si256(u0, u4, 0x31));  // group 4
+  _mm256_storeu_si256(o + 5, _mm256_permute2x128_si256(u1, u5, 0x31));
+  _mm256_storeu_si256(o + 6, _mm256_permute2x128_si256(u2, u6, 0x31));
+  _mm256_storeu_si256(o + 7, _mm256_permute2x128_si256(u3, u7, 0x31));
+}
+
 // MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> [kc/4][MR][4] bytes, XOR 0x80.
 void pack_a_block(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, int64_t kc, uint8_t* dst) {
   uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  int64_t done4 = 0;  // groups of 4 k packed for all rows by the 8 x 8 transposes
+  if (rows_valid == MR) {
+    const int64_t full4 = std::min(kc, K - pc) / 4;
+    for (; done4 + 8 <= full4; done4 += 8) pack_a_8x8(a + pc + 4 * done4, K, out + done4 * MR);
+  }
   for (int64_t r = 0; r < MR; ++r) {
     if (r >= rows_valid) {
       for (int64_t k4 = 0; k4 < kc / 4; ++k4) out[k4 * MR + r] = 0;
@@ -158,7 +189,7 @@ void pack_a_block(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, in
     const int8_t* row = a + r * K + pc;
     const int64_t kv = std::min(kc, K - pc);
     const int64_t full4 = kv / 4;
-    for (int64_t k4 = 0; k4 < full4; ++k4) {
+    for (int64_t k4 = done4; k4 < full4; ++k4) {
       uint32_t w;
       std::memcpy(&w, row + 4 * k4, 4);
       out[k4 * MR + r] = w ^ 0x80808080u;
