@@ -39,7 +39,7 @@ constexpr int64_t KC = 512;    // k per pass (multiple of 4); the B micro-panel 
 constexpr int64_t MC = 64;     // rows per task (multiple of MR)
 constexpr int64_t kSerialMacs = int64_t{1} << 21;  // below this, one thread
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+using aivm::round_up;
 
 // The register-blocked product shared by the two micro-kernels: accumulators c<r><v> (MR rows x NV
 // vectors of 16 columns) += A_panel (kc4 groups of 4 k, [kc4][MR][4] bytes) x B_panel.

@@ -41,7 +41,7 @@ namespace {
 
 constexpr int64_t kQueriesPerTask = 32;
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+using aivm::round_up;
 
 thread_local aivm::Scratch k_scratch, v_scratch, row_scratch;
 
@@ -114,11 +114,7 @@ void scores_row(const int8_t* q, const int8_t* kpacked, const int32_t* corr, con
   }
 }
 
-// Requantize's per-column multiplier and shift (int32, Dv each), for the int8 variant.
-struct Rescale {
-  const int32_t* multiplier;
-  const int32_t* shift;
-};
+using aivm::Rescale;
 
 // c (Dv) = sum_j p[j] v[j, :] modulo 2**32 over keys [0, keys), by the byte planes of p; stored as
 // int32 (Out = int32_t) or requantized to int8 (Out = int8_t).

@@ -63,11 +63,7 @@ inline __m512i load_clamped(const int32_t* x, __mmask8 lanes) {
   return _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(-kInputLimit)), _mm512_set1_epi64(kInputLimit));
 }
 
-// Requantize's per-channel multiplier and shift (int32, D each), for the int8 variant.
-struct Rescale {
-  const int32_t* multiplier;
-  const int32_t* shift;
-};
+using aivm::Rescale;
 
 // One row; Out = int32_t stores the layer norm, Out = int8_t stores requantize(layer norm, rescale).
 template <typename Out>

@@ -23,6 +23,9 @@ struct Scratch {
   }
 };
 
+// x rounded up to a multiple of m (m > 0).
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
 // The mask of the first min(left, 8) of eight 64-bit lanes (a loop's tail).
 inline __mmask8 lanes_left(int64_t left) { return left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1); }
 

@@ -12,6 +12,13 @@
 
 namespace aivm {
 
+// Requantize's per-channel multiplier and shift (int32, one per output column), for kernels that end
+// in a requantize to int8; null pointers where a kernel's int32 result is stored as it is.
+struct Rescale {
+  const int32_t* multiplier;
+  const int32_t* shift;
+};
+
 // Whether every one of the n shifts lies in [0, 62], requantize's range (checked before a kernel runs).
 inline bool shifts_in_range(const int32_t* shift, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
