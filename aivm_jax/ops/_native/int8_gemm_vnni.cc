@@ -12,9 +12,11 @@
 // the order of the groups cannot change a bit. No float unit is involved.
 //
 // Layout. B is packed into panels of NR = 16 * NV columns, [K/4][NR][4] bytes, so one 64-byte load
-// holds 16 columns x 4 k; A is packed per MR rows as [K/4][MR][4] so one 4-byte broadcast feeds a
-// row. The micro-kernel keeps MR x NV = 24 zmm accumulators in registers (Goto-style blocking:
-// KC k-steps per pass, the B panel stays in L1 across the MR-row blocks).
+// holds 16 columns x 4 k. A is read in place, row by row: one 4-byte group of a row is broadcast to
+// all lanes and XORed with 0x80 in the register, so A is never copied (a row tile that would read
+// past A's end, short of MR rows or with K not a multiple of 4, is copied zero padded first). The
+// micro-kernel keeps MR x NV zmm accumulators in registers (Goto-style blocking: KC k-steps per
+// pass, the B panel stays in L1 across the MR-row blocks).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -42,15 +44,18 @@ constexpr int64_t kSerialMacs = int64_t{1} << 21;  // below this, one thread
 using aivm::round_up;
 
 // The register-blocked product shared by the two micro-kernels: accumulators c<r><v> (MR rows x NV
-// vectors of 16 columns) += A_panel (kc4 groups of 4 k, [kc4][MR][4] bytes) x B_panel.
+// vectors of 16 columns) += (A + 128) x B_panel, A's rows at a0..a7 (kc4 groups of 4 bytes each).
 #define AIVM_ROW_STEP(r)                                                                    \
   {                                                                                         \
-    const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));     \
+    const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(load_word(a##r + 4 * k)), flip);  \
     c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                          \
     if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);                    \
     if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);                    \
   }
 #define AIVM_K_LOOP                                                                         \
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));                \
+  const int8_t *a0 = ap, *a1 = ap + lda, *a2 = ap + 2 * lda, *a3 = ap + 3 * lda;            \
+  const int8_t *a4 = ap + 4 * lda, *a5 = ap + 5 * lda, *a6 = ap + 6 * lda, *a7 = ap + 7 * lda; \
   for (int64_t k = 0; k < kc4; ++k) {                                                       \
     const __m512i b0 = _mm512_loadu_si512(bp);                                              \
     const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;                           \
@@ -58,13 +63,20 @@ using aivm::round_up;
     AIVM_ROW_STEP(0) AIVM_ROW_STEP(1) AIVM_ROW_STEP(2) AIVM_ROW_STEP(3)                     \
     AIVM_ROW_STEP(4) AIVM_ROW_STEP(5) AIVM_ROW_STEP(6) AIVM_ROW_STEP(7)                     \
     bp += 64 * NV;                                                                          \
-    ap += 4 * MR;                                                                           \
   }
 #define AIVM_FOR_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
-// acc[MR][NV] += A_panel x B_panel, in registers; t holds the MR x 16NV tile (loaded and stored).
+// A 4-byte group of a row (any alignment) as one int32.
+inline int32_t load_word(const int8_t* p) {
+  int32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// acc[MR][NV] += (A + 128) x B_panel for MR rows of A (row r at ap + r * lda), in registers; t holds
+// the MR x 16NV tile (loaded and stored).
 template <int NV>
-__attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const int8_t* __restrict bp,
+__attribute__((noinline)) void micro_kernel(const int8_t* __restrict ap, int64_t lda, const int8_t* __restrict bp,
                                             int64_t kc4, int32_t* __restrict t) {
   constexpr int64_t NR = 16 * NV;
 #define AIVM_ROW_DECL(r)                                                          \
@@ -86,8 +98,9 @@ __attribute__((noinline)) void micro_kernel(const uint8_t* __restrict ap, const 
 // `init` (the same for every row) and go straight to MR full rows of C (stride N), with no tile
 // buffer in between. Used when all of K is one pass and the tile has no ragged edge.
 template <int NV>
-__attribute__((noinline)) void micro_kernel_direct(const uint8_t* __restrict ap, const int8_t* __restrict bp,
-                                                   int64_t kc4, const int32_t* __restrict init,
+__attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, int64_t lda,
+                                                   const int8_t* __restrict bp, int64_t kc4,
+                                                   const int32_t* __restrict init,
                                                    int32_t* __restrict c, int64_t N) {
   const __m512i i0 = _mm512_loadu_si512(init);
   const __m512i i1 = NV > 1 ? _mm512_loadu_si512(init + 16) : i0;
@@ -147,62 +160,14 @@ void column_init(const int8_t* b, int64_t K, int64_t N, int32_t* init) {
   for (int64_t n = 0; n < N; ++n) sums[n] *= static_cast<uint32_t>(-128);
 }
 
-// Eight rows of eight 4-byte groups (row r at src + r * K) -> out[g * MR + r], each byte XOR 0x80:
-// an 8 x 8 transpose of 32-bit words in registers (MR = 8).
-inline void pack_a_8x8(const int8_t* src, int64_t K, uint32_t* out) {
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256i r[8];
-  for (int64_t i = 0; i < 8; ++i)
-    r[i] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * K)), flip);
-  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-  __m256i* o = reinterpret_cast<__m256i*>(out);
-  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u4, 0x20));  // group 0, rows 0-7
-  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u1, u5, 0x20));
-  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u2, u6, 0x20));
-  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u3, u7, 0x20));
-  _mm256_storeu_si256(o + 4, _mm256_permute2x128_si256(u0, u4, 0x31));  // group 4
-  _mm256_storeu_si256(o + 5, _mm256_permute2x128_si256(u1, u5, 0x31));
-  _mm256_storeu_si256(o + 6, _mm256_permute2x128_si256(u2, u6, 0x31));
-  _mm256_storeu_si256(o + 7, _mm256_permute2x128_si256(u3, u7, 0x31));
-}
-
-// MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> [kc/4][MR][4] bytes, XOR 0x80.
-void pack_a_block(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, int64_t kc, uint8_t* dst) {
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
-  int64_t done4 = 0;  // groups of 4 k packed for all rows by the 8 x 8 transposes
-  if (rows_valid == MR) {
-    const int64_t full4 = std::min(kc, K - pc) / 4;
-    for (; done4 + 8 <= full4; done4 += 8) pack_a_8x8(a + pc + 4 * done4, K, out + done4 * MR);
-  }
+// MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> an MR x kc block (stride
+// kc), zero past K: a row tile the micro-kernel may not read in place.
+void copy_a_tile(const int8_t* a, int64_t K, int64_t rows_valid, int64_t pc, int64_t kc, int8_t* dst) {
+  const int64_t kv = std::min(kc, K - pc);
   for (int64_t r = 0; r < MR; ++r) {
-    if (r >= rows_valid) {
-      for (int64_t k4 = 0; k4 < kc / 4; ++k4) out[k4 * MR + r] = 0;
-      continue;
-    }
-    const int8_t* row = a + r * K + pc;
-    const int64_t kv = std::min(kc, K - pc);
-    const int64_t full4 = kv / 4;
-    for (int64_t k4 = done4; k4 < full4; ++k4) {
-      uint32_t w;
-      std::memcpy(&w, row + 4 * k4, 4);
-      out[k4 * MR + r] = w ^ 0x80808080u;
-    }
-    for (int64_t k4 = full4; k4 < kc / 4; ++k4) {
-      uint32_t w = 0;
-      for (int64_t t = 0; t < 4; ++t) {
-        const int64_t k = 4 * k4 + t;
-        const uint32_t byte = k < kv ? static_cast<uint8_t>(row[k] ^ 0x80) : 0;
-        w |= byte << (8 * t);
-      }
-      out[k4 * MR + r] = w;
-    }
+    int8_t* row = dst + r * kc;
+    if (r < rows_valid) std::memcpy(row, a + r * K + pc, kv);
+    std::memset(row + (r < rows_valid ? kv : 0), 0, r < rows_valid ? kc - kv : kc);
   }
 }
 
@@ -215,12 +180,15 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
                    int64_t Kp, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   constexpr int64_t NR = 16 * NV;
   const int64_t rows = m1 - m0;
-  uint8_t* abuf = a_scratch.get(round_up(rows, MR) * std::min(KC, Kp));
+  // Row tiles are read in place, except the last one when it is short of MR rows or when K is not
+  // a multiple of 4 (its last 4-byte group would read past A's end): that one is copied.
+  const int64_t last = (rows - 1) / MR * MR;
+  const bool copy_last = rows - last < MR || K != Kp;
+  int8_t* last_tile = reinterpret_cast<int8_t*>(a_scratch.get(MR * std::min(KC, Kp)));
   alignas(64) int32_t tile[MR * NR];
   for (int64_t pc = 0; pc < Kp; pc += KC) {
     const int64_t kc = std::min(KC, Kp - pc);
-    for (int64_t ir = 0; ir < rows; ir += MR)
-      pack_a_block(a + ir * K, K, std::min(MR, rows - ir), pc, kc, abuf + ir * kc);
+    if (copy_last) copy_a_tile(a + last * K, K, rows - last, pc, kc, last_tile);
     for (int64_t jr = p0 * NR; jr < p1 * NR; jr += NR) {
       __mmask16 masks[NV];
       for (int64_t v = 0; v < NV; ++v) {
@@ -231,9 +199,12 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
       const bool one_pass_full_width = kc == Kp && jr + NR <= N;
       for (int64_t ir = 0; ir < rows; ir += MR) {
         const int64_t mv = std::min(MR, rows - ir);
+        const bool copied = copy_last && ir == last;
+        const int8_t* ap = copied ? last_tile : a + ir * K + pc;
+        const int64_t lda = copied ? kc : K;
         int32_t* crow = c + ir * N + jr;
         if (one_pass_full_width && mv == MR) {
-          micro_kernel_direct<NV>(abuf + ir * kc, bp, kc / 4, init + jr, crow, N);
+          micro_kernel_direct<NV>(ap, lda, bp, kc / 4, init + jr, crow, N);
           continue;
         }
         for (int64_t r = 0; r < MR; ++r)
@@ -243,7 +214,7 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
                                      : _mm512_setzero_si512();
             _mm512_store_si512(tile + r * NR + 16 * v, start);
           }
-        micro_kernel<NV>(abuf + ir * kc, bp, kc / 4, tile);
+        micro_kernel<NV>(ap, lda, bp, kc / 4, tile);
         for (int64_t r = 0; r < mv; ++r)
           for (int64_t v = 0; v < NV; ++v)
             _mm512_mask_storeu_epi32(crow + r * N + 16 * v, masks[v], _mm512_load_si512(tile + r * NR + 16 * v));
