@@ -33,8 +33,35 @@ def median_seconds(repeats: int, fn, *args, warmup: int = 3, min_seconds: float 
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times: list[float] = []
-    while len(times) < repeats or sum(times) < min_seconds:
+    total = 0.0  # a running total: summing the list each time would idle between calls, longer and longer
+    while len(times) < repeats or total < min_seconds:
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
+        total += times[-1]
     return statistics.median(times)
+
+
+def interleaved_medians(
+    calls: dict, rounds: int = 5, block_seconds: float = 0.1, rest_seconds: float = 0.02
+) -> dict:
+    """Median wall time of each of several calls, timed in turns: ``calls`` maps a name to
+    ``(fn, args)``. Each of ``rounds`` rounds times a block of at least ``block_seconds`` of
+    every call, one after the other, after a ``rest_seconds`` pause (so one engine's spinning
+    worker threads have gone quiet before the next starts); the median runs over every call of
+    every round. Taking turns spreads this machine's drift over all engines alike instead of
+    charging it to whichever was timed when the machine was busy."""
+    for fn, args in calls.values():
+        for _ in range(3):
+            jax.block_until_ready(fn(*args))
+    times: dict = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (fn, args) in calls.items():
+            time.sleep(rest_seconds)
+            total = 0.0
+            while total < block_seconds:
+                start = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                times[name].append(time.perf_counter() - start)
+                total += times[name][-1]
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -1,9 +1,10 @@
 """The AIVM's exact int8 GEMM (`aivm_jax.quant.int8_matmul`) vs onnxruntime's `MatMulInteger`.
 
-    .venv/bin/python benchmarks/int8_gemm.py [--repeats N]
+    .venv/bin/python benchmarks/int8_gemm.py [--rounds N]
 
-Same run, same operands, median of N calls (and of at least half a second
-of calls) after warm-up. "aivm" is
+Same run, same operands, after warm-up: the engines take turns, N rounds of at
+least 0.1 s of calls each, and each engine's figure is the median over all its
+calls (so this machine's drift is shared by all engines alike). "aivm" is
 `int8_matmul` as the runtime runs it (the project's AVX-512 VNNI kernel where
 the CPU has it, see the "engine" line); "xla dot" is XLA's own s8 dot, the
 engine it replaces, for reference. onnxruntime gets
@@ -24,7 +25,7 @@ import resource
 
 import jax
 import numpy as np
-from _timing import machine_line, median_seconds
+from _timing import interleaved_medians, machine_line
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
 from aivm_jax.ops._gemm import _xla_matmul, kernel_status
@@ -69,7 +70,7 @@ def _ort_session(m: int, k: int, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(machine_line())
     print(f"engine: {kernel_status()}")
@@ -92,10 +93,15 @@ def main() -> None:
         a_dev, b_dev = jax.device_put(a), jax.device_put(b)
         assert np.array_equal(np.asarray(gemm(a_dev, b_dev)), exact), "int8_matmul is not exact"
         ops = 2 * m * k * n
-        # At least half a second of calls each: the digits shapes take a few microseconds.
-        ort_rate = ops / median_seconds(args.repeats, session.run, None, feeds, min_seconds=0.5) / 1e9
-        xla_rate = ops / median_seconds(args.repeats, xla_gemm, a_dev, b_dev, min_seconds=0.5) / 1e9
-        aivm_rate = ops / median_seconds(args.repeats, gemm, a_dev, b_dev, min_seconds=0.5) / 1e9
+        seconds = interleaved_medians(
+            {
+                "onnxruntime": (session.run, (None, feeds)),
+                "xla": (xla_gemm, (a_dev, b_dev)),
+                "aivm": (gemm, (a_dev, b_dev)),
+            },
+            rounds=args.rounds,
+        )
+        ort_rate, xla_rate, aivm_rate = (ops / seconds[name] / 1e9 for name in ("onnxruntime", "xla", "aivm"))
         print(
             f"{name:16s} {f'{m}x{k}x{n}':>18s} {ort_rate:18.1f} {xla_rate:14.1f} {aivm_rate:11.1f} "
             f"{aivm_rate / ort_rate:5.2f}x"
