@@ -37,7 +37,9 @@ def _rounds(heap: str | None) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "AIVM_HEAP"}
     if heap is not None:
         env["AIVM_HEAP"] = heap
-    done = subprocess.run([sys.executable, "-c", _ROUNDS], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _ROUNDS], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
