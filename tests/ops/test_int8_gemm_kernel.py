@@ -29,6 +29,9 @@ EDGE_SHAPES = [  # (M, K, N)
     (8, 4, 16),
     (9, 5, 17),
     (64, 511, 32),
+    (40, 100, 94),  # one K pass, ragged last panel: masked stores straight to C
+    (16, 9, 10),  # one K pass, one ragged panel of a single partial vector
+    (24, 64, 40),  # a ragged panel whose last vector lies wholly past N
     (65, 512, 33),
     (130, 513, 48),
     (37, 1029, 61),

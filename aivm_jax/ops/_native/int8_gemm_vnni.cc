@@ -96,12 +96,14 @@ __attribute__((noinline)) void micro_kernel(const int8_t* __restrict ap, int64_t
 
 // The same product for a whole tile in one pass: the accumulators start at the column starts
 // `init` (the same for every row) and go straight to MR full rows of C (stride N), with no tile
-// buffer in between. Used when all of K is one pass and the tile has no ragged edge.
-template <int NV>
+// buffer in between. Used when all of K is one pass. kRagged: the panel's last columns lie past N;
+// its full vectors (masks[v] all set) still go straight to C, the others to `spill` (MR x NV x 16
+// int32), for the caller to store under their masks.
+template <int NV, bool kRagged>
 __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, int64_t lda,
                                                    const int8_t* __restrict bp, int64_t kc4,
-                                                   const int32_t* __restrict init,
-                                                   int32_t* __restrict c, int64_t N) {
+                                                   const int32_t* __restrict init, int32_t* __restrict c,
+                                                   int64_t N, const __mmask16* masks, int32_t* __restrict spill) {
   const __m512i i0 = _mm512_loadu_si512(init);
   const __m512i i1 = NV > 1 ? _mm512_loadu_si512(init + 16) : i0;
   const __m512i i2 = NV > 2 ? _mm512_loadu_si512(init + 32) : i0;
@@ -109,12 +111,18 @@ __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, 
   AIVM_FOR_ROWS(AIVM_ROW_DECL)
 #undef AIVM_ROW_DECL
   AIVM_K_LOOP
-#define AIVM_ROW_STORE(r)                                                         \
-  _mm512_storeu_si512(c + r * N, c##r##0);                                        \
-  if constexpr (NV > 1) _mm512_storeu_si512(c + r * N + 16, c##r##1);             \
-  if constexpr (NV > 2) _mm512_storeu_si512(c + r * N + 32, c##r##2);
+#define AIVM_STORE(r, v, x)                                  \
+  if (!kRagged || masks[v] == 0xFFFF)                        \
+    _mm512_storeu_si512(c + r * N + 16 * v, x);              \
+  else                                                       \
+    _mm512_store_si512(spill + (r * NV + v) * 16, x);
+#define AIVM_ROW_STORE(r)                                    \
+  AIVM_STORE(r, 0, c##r##0)                                  \
+  if constexpr (NV > 1) { AIVM_STORE(r, 1, c##r##1) }        \
+  if constexpr (NV > 2) { AIVM_STORE(r, 2, c##r##2) }
   AIVM_FOR_ROWS(AIVM_ROW_STORE)
 #undef AIVM_ROW_STORE
+#undef AIVM_STORE
 }
 #undef AIVM_FOR_ROWS
 #undef AIVM_K_LOOP
@@ -196,15 +204,23 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
         masks[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
       }
       const int8_t* bp = bpk + jr * Kp + pc * NR;
-      const bool one_pass_full_width = kc == Kp && jr + NR <= N;
+      const bool one_pass = kc == Kp, ragged = jr + NR > N;
       for (int64_t ir = 0; ir < rows; ir += MR) {
         const int64_t mv = std::min(MR, rows - ir);
         const bool copied = copy_last && ir == last;
         const int8_t* ap = copied ? last_tile : a + ir * K + pc;
         const int64_t lda = copied ? kc : K;
         int32_t* crow = c + ir * N + jr;
-        if (one_pass_full_width && mv == MR) {
-          micro_kernel_direct<NV>(ap, lda, bp, kc / 4, init + jr, crow, N);
+        if (one_pass && mv == MR) {
+          if (!ragged) {
+            micro_kernel_direct<NV, false>(ap, lda, bp, kc / 4, init + jr, crow, N, masks, tile);
+            continue;
+          }
+          micro_kernel_direct<NV, true>(ap, lda, bp, kc / 4, init + jr, crow, N, masks, tile);
+          for (int64_t r = 0; r < MR; ++r)
+            for (int64_t v = 0; v < NV; ++v)
+              if (masks[v] != 0xFFFF)
+                _mm512_mask_storeu_epi32(crow + r * N + 16 * v, masks[v], _mm512_load_si512(tile + (r * NV + v) * 16));
           continue;
         }
         for (int64_t r = 0; r < MR; ++r)
