@@ -37,6 +37,7 @@ EDGE_SHAPES = [  # (M, K, N)
     (37, 1029, 61),
     (3, 2048, 100),
     (300, 700, 97),  # over the serial threshold: rows x panel tasks on the thread pool
+    (203, 128, 94),  # threaded, one K pass, a ragged panel and a short last row tile
     (1024, 256, 384),
 ]
 

@@ -39,7 +39,7 @@ namespace {
 constexpr int64_t MR = 8;      // rows per micro-tile
 constexpr int64_t KC = 512;    // k per pass (multiple of 4); the B micro-panel is KC * NR bytes
 constexpr int64_t MC = 64;     // rows per task (multiple of MR)
-constexpr int64_t kSerialMacs = int64_t{1} << 21;  // below this, one thread
+constexpr int64_t kSerialMacs = int64_t{1} << 18;  // below this, one thread
 
 using aivm::round_up;
 
