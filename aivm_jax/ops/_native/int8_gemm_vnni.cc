@@ -40,6 +40,7 @@ constexpr int64_t MR = 8;      // rows per micro-tile
 constexpr int64_t KC = 512;    // k per pass (multiple of 4); the B micro-panel is KC * NR bytes
 constexpr int64_t MC = 64;     // rows per task (multiple of MR)
 constexpr int64_t kSerialMacs = int64_t{1} << 18;  // below this, one thread
+constexpr int64_t kSerialPackBytes = int64_t{1} << 18;  // B below this is packed by the calling thread alone
 
 using aivm::round_up;
 
@@ -381,7 +382,8 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
     int8_t* packed = reinterpret_cast<int8_t*>(packed_scratch.get(Kp * Np + 4 * Np));
     int32_t* starts = reinterpret_cast<int32_t*>(packed + Kp * Np);
     auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, packed + p * NR * Kp); };
-    parallel_for(pool, panels, serial ? 0 : threads - 1, pack);
+    const bool pack_serial = serial || Kp * Np < kSerialPackBytes;  // a fork-join costs more than small packing
+    parallel_for(pool, panels, pack_serial ? 0 : threads - 1, pack);
     column_init(b, K, N, starts);
     bpk = packed;
     init = starts;
