@@ -129,34 +129,42 @@ __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, 
 #undef AIVM_K_LOOP
 #undef AIVM_ROW_STEP
 
-// Columns [jr, jr + NR) of B (K, N) row-major int8 -> one panel [Kp/4][NR][4], zero padded.
+// Four rows of 16 bytes -> 16 columns x 4 k (column c's four bytes at 4c): the panel's interleave.
+inline void interleave_4x16(__m128i x0, __m128i x1, __m128i x2, __m128i x3, int8_t* out) {
+  const __m128i lo01 = _mm_unpacklo_epi8(x0, x1), hi01 = _mm_unpackhi_epi8(x0, x1);
+  const __m128i lo23 = _mm_unpacklo_epi8(x2, x3), hi23 = _mm_unpackhi_epi8(x2, x3);
+  __m128i* o = reinterpret_cast<__m128i*>(out);
+  _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(lo01, lo23));  // columns 0-3, k 0-3 each
+  _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(lo01, lo23));  // columns 4-7
+  _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(hi01, hi23));  // columns 8-11
+  _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(hi01, hi23));  // columns 12-15
+}
+
+// Columns [jr, jr + NR) of B (K, N) row-major int8 -> one panel [Kp/4][NR][4], zero past K and N.
 template <int NV>
 void pack_b_panel(const int8_t* b, int64_t K, int64_t N, int64_t jr, int64_t Kp, int8_t* dst) {
   constexpr int64_t NR = 16 * NV;
-  if (jr + NR > N || K != Kp) {  // ragged edge: copy into a zero-padded (Kp, NR) block first
-    std::vector<int8_t> block(Kp * NR, 0);
-    const int64_t width = std::min(NR, N - jr);
-    for (int64_t k = 0; k < K; ++k) std::memcpy(block.data() + k * NR, b + k * N + jr, width);
-    pack_b_panel<NV>(block.data(), Kp, NR, 0, Kp, dst);
+  if (jr + NR <= N && K == Kp) {  // no edge: plain loads
+    for (int64_t k4 = 0; k4 < Kp / 4; ++k4)
+      for (int64_t v = 0; v < NV; ++v) {
+        const int8_t* src = b + 4 * k4 * N + jr + 16 * v;
+        interleave_4x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)),
+                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + N)),
+                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * N)),
+                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * N)), dst + (k4 * NV + v) * 64);
+      }
     return;
   }
-  for (int64_t k4 = 0; k4 < Kp / 4; ++k4) {
-    int8_t* out = dst + k4 * NR * 4;
-    for (int64_t v = 0; v < NV; ++v) {
-      const int8_t* src = b + 4 * k4 * N + jr + 16 * v;
-      const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-      const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + N));
-      const __m128i x2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * N));
-      const __m128i x3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * N));
-      const __m128i lo01 = _mm_unpacklo_epi8(x0, x1), hi01 = _mm_unpackhi_epi8(x0, x1);
-      const __m128i lo23 = _mm_unpacklo_epi8(x2, x3), hi23 = _mm_unpackhi_epi8(x2, x3);
-      __m128i* o = reinterpret_cast<__m128i*>(out + 64 * v);
-      _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(lo01, lo23));  // columns 0-3, k 0-3 each
-      _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(lo01, lo23));  // columns 4-7
-      _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(hi01, hi23));  // columns 8-11
-      _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(hi01, hi23));  // columns 12-15
-    }
-  }
+  // A ragged edge: masked loads (lanes past N read nothing) and zero rows past K.
+  __mmask16 cols[NV];
+  for (int64_t v = 0; v < NV; ++v) cols[v] = aivm::lanes16_left(std::max<int64_t>(0, N - jr - 16 * v));
+  auto row = [&](int64_t k, int64_t v) {
+    return k < K ? _mm_maskz_loadu_epi8(cols[v], b + k * N + jr + 16 * v) : _mm_setzero_si128();
+  };
+  for (int64_t k4 = 0; k4 < Kp / 4; ++k4)
+    for (int64_t v = 0; v < NV; ++v)
+      interleave_4x16(row(4 * k4, v), row(4 * k4 + 1, v), row(4 * k4 + 2, v), row(4 * k4 + 3, v),
+                      dst + (k4 * NV + v) * 64);
 }
 
 // init[n] = -128 * sum_k B[k, n] modulo 2**32: undoes the +128 shift of A. Unsigned arithmetic, so
