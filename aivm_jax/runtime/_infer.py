@@ -82,6 +82,7 @@ class _Compiled:
                 self._segments.append((segment, jax.jit(functools.partial(_run_segment, segment))))
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
+        self._sharded: dict[Mesh, tuple[Any, tuple]] = {}  # mesh -> (jitted shard_map, leading args)
 
     def _run(self, params, feeds):
         values = {**params, **feeds}
@@ -110,6 +111,26 @@ class _Compiled:
         """How many input shapes `run_local` has compiled for."""
         first = self._segments[0][1] if self._segments else (self._embedded or self.fn)
         return first._cache_size()
+
+    def run_sharded(self, feeds, mesh: Mesh):
+        """The program on every device of a 1-D ``("batch",)`` mesh, each on its own rows
+        (``shard_map``): rows never interact, so each device runs the whole program, CPU kernels
+        included, on its block of rows. (Under a plain sharded ``jit``, XLA cannot split the
+        kernels' custom calls and would gather every row onto every device first.)"""
+        if mesh not in self._sharded:
+            rows, replicated = PartitionSpec("batch"), PartitionSpec()
+            if self._embedded is not None:  # small parameters: compiled in, as on one device
+                body = jax.shard_map(
+                    self._run_embedded, mesh=mesh, in_specs=(rows,), out_specs=rows, check_vma=False
+                )
+                self._sharded[mesh] = (jax.jit(body), ())
+            else:
+                body = jax.shard_map(
+                    self._run, mesh=mesh, in_specs=(replicated, rows), out_specs=rows, check_vma=False
+                )
+                self._sharded[mesh] = (jax.jit(body), (self.params_on(NamedSharding(mesh, replicated)),))
+        fn, leading = self._sharded[mesh]
+        return fn(*leading, feeds)
 
     def params_on(self, sharding) -> dict[str, jax.Array]:
         key = (sharding,)
@@ -200,13 +221,12 @@ def _run_sharded(entry: _Compiled, feeds: Mapping[str, np.ndarray], devices: Seq
     batch = next(iter(feeds.values())).shape[0]
     mesh = Mesh(np.array(list(devices)), ("batch",))
     rows = NamedSharding(mesh, PartitionSpec("batch"))
-    replicated = NamedSharding(mesh, PartitionSpec())
     padded = -batch % len(devices)  # zero rows, dropped below; rows never interact
     placed = {
         name: jax.device_put(np.concatenate([a, np.zeros((padded, *a.shape[1:]), a.dtype)]), rows)
         for name, a in feeds.items()
     }
-    outs = entry.fn(entry.params_on(replicated), placed)
+    outs = entry.run_sharded(placed, mesh)
     return [np.asarray(o)[:batch] for o in outs]
 
 

@@ -132,3 +132,57 @@ def test_cpu_computations_run_on_the_calling_thread(monkeypatch):
     monkeypatch.setenv("JAX_CPU_ENABLE_ASYNC_DISPATCH", "1")  # the user's own choice is kept
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+_SHARDED_CHILD = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import aivm_jax
+from aivm_jax.conformance import DATA_DIR
+from aivm_jax.runtime import _infer
+
+program = aivm_jax.load(DATA_DIR / "digits-cnn.aivm")
+x = np.random.default_rng(0).integers(-128, 128, (64, *program.inputs[0].shape)).astype(np.int8)
+local = aivm_jax.infer(program, x)
+out = {"devices": jax.local_device_count()}
+for embedded in (True, False):
+    _infer.EMBEDDED_PARAMS_MAX_BYTES = 1 << 20 if embedded else 0  # parameters compiled in, or passed
+    _infer._compiled.clear()
+    sharded = aivm_jax.infer(program, x, devices="all")
+    entry = _infer._compiled_for(program)
+    mesh = Mesh(np.array(jax.local_devices()), ("batch",))
+    feeds = {program.inputs[0].name: jax.device_put(x, NamedSharding(mesh, PartitionSpec("batch")))}
+    ((fn, leading),) = entry._sharded.values()
+    hlo = fn.lower(*leading, feeds).compile().as_text()
+    out[str(embedded)] = {
+        "same": list(sharded.row_hashes) == list(local.row_hashes),
+        "gathers": hlo.count("all-gather"),
+        "shard_rows": f"s8[{len(x) // 4},8,8,1]" in hlo,  # the input block of one device
+        "all_rows": f"s8[{len(x)},8,8,1]" in hlo,  # the whole batch, gathered
+    }
+print(json.dumps(out))
+"""
+
+
+def test_sharded_runs_give_each_device_its_own_rows(tmp_path):
+    """``devices=`` runs the program per device on its block of rows (shard_map): same hashes as one
+    device, and no device gathers the whole batch (the CPU kernels' custom calls cannot be split
+    by XLA, which under a plain sharded jit gathered every row onto every device)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-c", _SHARDED_CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    for embedded in ("True", "False"):
+        assert out[embedded] == {"same": True, "gathers": 0, "shard_rows": True, "all_rows": False}, (
+            embedded,
+            out,
+        )
