@@ -41,7 +41,7 @@ def keep_freed_heap() -> str:
         return _setting
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # no mallopt in this libc, or no C library handle
         return _setting
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1:
