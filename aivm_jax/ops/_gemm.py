@@ -87,7 +87,7 @@ def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``panel_vectors(N)`` rule), each ``[Kp / 4][NR][4]`` bytes (``Kp`` = K rounded up to 4,
     zeros past K and N). ``init``: int32 ``(Np,)``, ``-128 * colsum(w)`` modulo ``2**32``
     (zeros past N): the accumulators' start that undoes the kernel's ``a + 128``. The same
-    bytes ``pack_b_panel`` and ``column_init`` write, so the product cannot change.
+    bytes ``pack_b_panel`` and ``panel_init`` write, so the product cannot change.
     """
     k, n = w.shape
     vectors = 1 if n <= 16 else 2 if (n <= 32 or -(-n // 32) * 32 < -(-n // 48) * 48) else 3

@@ -167,14 +167,28 @@ void pack_b_panel(const int8_t* b, int64_t K, int64_t N, int64_t jr, int64_t Kp,
                       dst + (k4 * NV + v) * 64);
 }
 
-// init[n] = -128 * sum_k B[k, n] modulo 2**32: undoes the +128 shift of A. Unsigned arithmetic, so
-// a large K wraps as the accumulators do (signed overflow would be undefined in C++).
-void column_init(const int8_t* b, int64_t K, int64_t N, int32_t* init) {
-  uint32_t* sums = reinterpret_cast<uint32_t*>(init);
-  std::fill(sums, sums + N, 0u);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < N; ++n) sums[n] += static_cast<uint32_t>(static_cast<int32_t>(b[k * N + n]));
-  for (int64_t n = 0; n < N; ++n) sums[n] *= static_cast<uint32_t>(-128);
+// The column starts of one packed panel: init[j] = -128 * sum_k B[k, jr + j] modulo 2**32, which
+// undoes the +128 shift of A; zero for the padding. Summed from the panel itself with VPDPBUSD
+// (ones x the panel's bytes: exact int32 groups of four, wrapping adds), so a large K wraps as the
+// accumulators do; -128 x is -(x << 7) modulo 2**32.
+template <int NV>
+void panel_init(const int8_t* panel, int64_t Kp, int32_t* init) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sums[NV];
+  for (int64_t v = 0; v < NV; ++v) sums[v] = _mm512_setzero_si512();
+  for (int64_t k4 = 0; k4 < Kp / 4; ++k4)
+    for (int64_t v = 0; v < NV; ++v)
+      sums[v] = _mm512_dpbusd_epi32(sums[v], ones, _mm512_loadu_si512(panel + (k4 * NV + v) * 64));
+  for (int64_t v = 0; v < NV; ++v)
+    _mm512_storeu_si512(init + 16 * v, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums[v], 7)));
+}
+
+// Panel p of B (columns [p NR, p NR + NR)) into `panels`, and its column starts into `init`.
+template <int NV>
+void pack_b_with_init(const int8_t* b, int64_t K, int64_t N, int64_t Kp, int64_t p, int8_t* panels, int32_t* init) {
+  constexpr int64_t NR = 16 * NV;
+  pack_b_panel<NV>(b, K, N, p * NR, Kp, panels + p * NR * Kp);
+  panel_init<NV>(panels + p * NR * Kp, Kp, init + p * NR);
 }
 
 // MR rows of A (rows >= rows_valid are zero) over k in [pc, pc + kc) -> an MR x kc block (stride
@@ -351,7 +365,7 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, int64_t N, int64_t m0
 }
 
 // A shared B packed ahead of time (a program's constant weights, packed once when it is compiled):
-// exactly the bytes pack_b_panel<NV> and column_init would write, so the product is the same.
+// exactly the bytes pack_b_panel<NV> and panel_init would write, so the product is the same.
 struct Prepacked {
   const int8_t* panels;  // (Np / NR) panels of [Kp/4][NR][4] bytes
   const int32_t* init;   // Np column starts, -128 colsum(B) modulo 2**32 (zero past N)
@@ -371,8 +385,7 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
       int8_t* bpk = reinterpret_cast<int8_t*>(b_scratch.get(Kp * Np + 4 * Np));
       int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);
       const int8_t* bi = b + i * K * N;
-      for (int64_t p = 0; p < panels; ++p) pack_b_panel<NV>(bi, K, N, p * NR, Kp, bpk + p * NR * Kp);
-      column_init(bi, K, N, init);
+      for (int64_t p = 0; p < panels; ++p) pack_b_with_init<NV>(bi, K, N, Kp, p, bpk, init);
       compute_block<NV>(a + (a_shared ? 0 : i * M * K), bpk, init, c + i * M * N, K, N, Kp, 0, M, 0, panels);
     };
     parallel_for(pool, batch, serial ? 0 : threads - 1, one);
@@ -389,10 +402,9 @@ void gemm(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int32_t* c, i
   } else {
     int8_t* packed = reinterpret_cast<int8_t*>(packed_scratch.get(Kp * Np + 4 * Np));
     int32_t* starts = reinterpret_cast<int32_t*>(packed + Kp * Np);
-    auto pack = [&](int64_t p) { pack_b_panel<NV>(b, K, N, p * NR, Kp, packed + p * NR * Kp); };
+    auto pack = [&](int64_t p) { pack_b_with_init<NV>(b, K, N, Kp, p, packed, starts); };
     const bool pack_serial = serial || Kp * Np < kSerialPackBytes;  // a fork-join costs more than small packing
     parallel_for(pool, panels, pack_serial ? 0 : threads - 1, pack);
-    column_init(b, K, N, starts);
     bpk = packed;
     init = starts;
   }
@@ -429,8 +441,7 @@ void int32_product(const int32_t* a, const int8_t* b, int32_t* c, int64_t M, int
   const int64_t Kp = round_up(K, 4), Np = round_up(N, NR), panels = Np / NR;
   int8_t* bpk = reinterpret_cast<int8_t*>(b_scratch.get(Kp * Np + 4 * Np));
   int32_t* init = reinterpret_cast<int32_t*>(bpk + Kp * Np);  // -128 colsum(B)
-  for (int64_t p = 0; p < panels; ++p) pack_b_panel<NV>(b, K, N, p * NR, Kp, bpk + p * NR * Kp);
-  column_init(b, K, N, init);
+  for (int64_t p = 0; p < panels; ++p) pack_b_with_init<NV>(b, K, N, Kp, p, bpk, init);
   int8_t* plane = reinterpret_cast<int8_t*>(plane_scratch.get(M * K));
   int32_t* acc = reinterpret_cast<int32_t*>(plane_acc_scratch.get(sizeof(int32_t) * M * N));
   uint32_t* out = reinterpret_cast<uint32_t*>(c);
