@@ -32,6 +32,9 @@ EDGE_SHAPES = [  # (M, K, N)
     (40, 100, 94),  # one K pass, ragged last panel: masked stores straight to C
     (16, 9, 10),  # one K pass, one ragged panel of a single partial vector
     (24, 64, 40),  # a ragged panel whose last vector lies wholly past N
+    (16, 32, 15),  # partial vectors of 15, 7 and 2 columns: every store size of the ragged edge
+    (16, 32, 23),
+    (16, 32, 50),
     (65, 512, 33),
     (130, 513, 48),
     (37, 1029, 61),
