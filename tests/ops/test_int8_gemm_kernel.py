@@ -41,6 +41,7 @@ EDGE_SHAPES = [  # (M, K, N)
     (3, 2048, 100),
     (300, 700, 97),  # over the serial threshold: rows x panel tasks on the thread pool
     (203, 128, 94),  # threaded, one K pass, a ragged panel and a short last row tile
+    (1030, 66, 40),  # threaded, K not a multiple of 4, a last row task of 6 rows
     (1024, 256, 384),
 ]
 
