@@ -7,7 +7,7 @@ with the program, and a heap top trimmed past 128 KiB to a few MiB), so the
 next call of the same program gets fresh pages and takes a page fault on
 every 4 KiB it writes. With another engine running in between (onnxruntime,
 XLA's own dot) this happened on most calls: an int8 GEMM with a 2 MB output
-took 96-129 us instead of 79 us, with 100-400 faults per call.
+took 96-129 us instead of 79 us, with tens to over a hundred page faults per call.
 
 ``keep_freed_heap`` sets glibc's ``M_MMAP_THRESHOLD`` to 32 MiB (its largest
 value: blocks up to that size come from the heap) and ``M_TRIM_THRESHOLD`` to
