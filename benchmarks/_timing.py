@@ -27,19 +27,26 @@ def machine_line() -> str:
     )
 
 
+def _timed_calls(fn, args, min_calls: int, min_seconds: float) -> list[float]:
+    """Wall times of ``fn(*args)`` (results blocked on): ``min_calls`` calls, or more until they add
+    up to ``min_seconds``. A running total, since summing the list between calls would leave a
+    longer and longer idle gap before the next one."""
+    times: list[float] = []
+    total = 0.0
+    while len(times) < min_calls or total < min_seconds:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+        total += times[-1]
+    return times
+
+
 def median_seconds(repeats: int, fn, *args, warmup: int = 3, min_seconds: float = 0.0) -> float:
     """Median wall time of ``fn(*args)`` (results blocked on) after ``warmup`` untimed calls:
     ``repeats`` calls, or more until they add up to ``min_seconds`` (short calls are noisy)."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
-    times: list[float] = []
-    total = 0.0  # a running total: summing the list each time would idle between calls, longer and longer
-    while len(times) < repeats or total < min_seconds:
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-        total += times[-1]
-    return statistics.median(times)
+    return statistics.median(_timed_calls(fn, args, repeats, min_seconds))
 
 
 def interleaved_medians(
@@ -58,10 +65,5 @@ def interleaved_medians(
     for _ in range(rounds):
         for name, (fn, args) in calls.items():
             time.sleep(rest_seconds)
-            total = 0.0
-            while total < block_seconds:
-                start = time.perf_counter()
-                jax.block_until_ready(fn(*args))
-                times[name].append(time.perf_counter() - start)
-                total += times[name][-1]
+            times[name] += _timed_calls(fn, args, 1, block_seconds)
     return {name: statistics.median(values) for name, values in times.items()}
