@@ -463,6 +463,10 @@ void int32_product(const int32_t* a, const int8_t* b, int32_t* c, int64_t M, int
   }
 }
 
+// Column panels of 16 * NV: the narrowest padding of N, 48 columns on a tie (more work per A
+// broadcast). aivm_jax/ops/_gemm.py::pack_weights follows the same rule.
+int panel_vectors(int64_t N) { return N <= 16 ? 1 : (N <= 32 || round_up(N, 32) < round_up(N, 48)) ? 2 : 3; }
+
 ffi::Error Int32Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> a, ffi::Buffer<ffi::S8> b,
                                ffi::ResultBuffer<ffi::S32> c) {
   const auto ad = a.dimensions(), bd = b.dimensions();
@@ -482,16 +486,16 @@ ffi::Error Int32Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> a, ff
   }
   const int32_t* ap = a.typed_data();
   const int8_t* bp = b.typed_data();
+  const int vectors = panel_vectors(N);
   auto one = [&](int64_t i) {
-    if (N <= 16)
+    if (vectors == 1)
       int32_product<1>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
-    else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
+    else if (vectors == 2)
       int32_product<2>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
     else
       int32_product<3>(ap + i * M * K, bp + i * K * N, out + i * M * N, M, K, N);
   };
-  const bool small = batch * M * K * N < kSerialMacs;
-  parallel_for(pool, batch, small ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1, one);
+  parallel_for(pool, batch, aivm::helpers_for(pool, batch * M * K * N, kSerialMacs), one);
   return ffi::Error::Success();
 }
 
@@ -529,13 +533,16 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buf
   }
   const int8_t* ap = a.typed_data();
   const int8_t* bp = b.typed_data();
-  // Panel width 16 * NV: the narrowest padding of N, 48 on a tie (more work per A broadcast).
-  if (N <= 16)
-    gemm<1>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
-  else if (N <= 32 || round_up(N, 32) < round_up(N, 48))
-    gemm<2>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
-  else
-    gemm<3>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+  switch (panel_vectors(N)) {
+    case 1:
+      gemm<1>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+      break;
+    case 2:
+      gemm<2>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+      break;
+    default:
+      gemm<3>(pool, ap, bp, out, batch, b_batched, a_shared, M, K, N);
+  }
   return ffi::Error::Success();
 }
 
@@ -569,10 +576,6 @@ ffi::Error make_epilogue(ffi::Buffer<ffi::S32>& bias, ffi::Buffer<ffi::S32>& mul
   if (relu) e.lo = 0;
   return ffi::Error::Success();
 }
-
-// Column panels of 16 * NV: the widest that does not pad N more (aivm_jax/ops/_gemm.py::pack_weights
-// follows the same rule).
-int panel_vectors(int64_t N) { return N <= 16 ? 1 : (N <= 32 || round_up(N, 32) < round_up(N, 48)) ? 2 : 3; }
 
 void run_dense(ffi::ThreadPool& pool, const int8_t* a, const int8_t* b, int64_t rows, int64_t K, int64_t N,
                const Epilogue& e, const ConvRows* conv, const Prepacked* prepacked = nullptr) {

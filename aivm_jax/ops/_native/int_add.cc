@@ -55,7 +55,7 @@ ffi::Error AddImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffer<ff
       }
     }
   };
-  const int64_t helpers = x.element_count() < (int64_t{1} << 16) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = aivm::helpers_for(pool, x.element_count(), int64_t{1} << 16);
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
 }

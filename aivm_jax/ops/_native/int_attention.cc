@@ -216,7 +216,7 @@ ffi::Error Attention(ffi::ThreadPool& pool, ffi::Buffer<ffi::S8>& q, ffi::Buffer
   };
   const int64_t tasks = batch * heads * chunks;
   const int64_t work = batch * heads * s.tq * s.tk * (s.d + s.dv);
-  const int64_t helpers = work < (int64_t{1} << 18) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = aivm::helpers_for(pool, work, int64_t{1} << 18);
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
 }

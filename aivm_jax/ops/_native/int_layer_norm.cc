@@ -130,7 +130,7 @@ ffi::Error LayerNorm(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& x, ffi::Buffe
     for (int64_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r)
       layer_norm_row(xs + r * d, gamma.typed_data(), beta.typed_data(), d, eps, rescale, ys + r * d);
   };
-  const int64_t helpers = rows * d < (int64_t{1} << 15) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = aivm::helpers_for(pool, rows * d, int64_t{1} << 15);
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
 }

@@ -43,7 +43,7 @@ ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> x, ffi::Buffe
       aivm::softmax_row(xs + r * tk, ms + b * tk, tk, last_key, table.typed_data(), k, out_bits, e, ys + r * tk);
     }
   };
-  const int64_t helpers = rows * tk < (int64_t{1} << 16) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = aivm::helpers_for(pool, rows * tk, int64_t{1} << 16);
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
 }

@@ -64,7 +64,7 @@ ffi::Error TableRequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi
       }
     }
   };
-  const int64_t helpers = rows * n < (int64_t{1} << 20) ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+  const int64_t helpers = aivm::helpers_for(pool, rows * n, int64_t{1} << 20);
   aivm::parallel_for(pool, tasks, helpers, body);
   return ffi::Error::Success();
 }

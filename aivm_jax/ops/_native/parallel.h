@@ -34,6 +34,12 @@ inline __mmask16 lanes16_left(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1);
 }
 
+// How many pool threads help the caller: none when `work` is under `serial_below` (a hand-off
+// would cost more than it saves), else all but one (the caller is the other).
+inline int64_t helpers_for(xla::ffi::ThreadPool& pool, int64_t work, int64_t serial_below) {
+  return work < serial_below ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
+}
+
 // Runs fn(0..n-1) on the caller and up to `helpers` pool threads; returns when all are done.
 // Late pool tasks find no index left and touch nothing but the shared counters.
 template <typename F>
