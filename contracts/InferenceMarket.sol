@@ -3,6 +3,11 @@ pragma solidity ^0.8.24;
 
 import {ModelRegistry} from "./ModelRegistry.sol";
 
+/// The interface of EZKL's per-circuit Solidity verifier (the verifying key is in its code).
+interface IHalo2Verifier {
+    function verifyProof(bytes calldata proof, uint256[] calldata instances) external returns (bool);
+}
+
 /// The interface of EZKL's reusable Solidity verifier.
 interface IReusableVerifier {
     function verifyProof(bytes calldata proof, uint256[] calldata instances, bytes32[] memory vka)
@@ -239,18 +244,26 @@ contract InferenceMarket {
 
     /// The zk path: a proof accepted by the model's verifier finalizes the request at once.
     /// `instances` are the proof's public inputs: the input row, then the output row (int8).
+    /// A model whose registered VKA digest is zero has its own verifier (`vka` must be empty);
+    /// otherwise the verifier is EZKL's reusable one and `vka` the model's registered VKA.
     function submitProof(uint256 requestId, bytes calldata proof, uint256[] calldata instances, bytes32[] calldata vka)
         external
     {
         Request storage r = _open(requestId);
         ModelRegistry.Model memory m = registry.getModel(r.modelId);
         if (m.verifier == address(0)) revert NoVerifier(r.modelId);
-        if (keccak256(abi.encodePacked(vka)) != m.vkaDigest) revert WrongVka(r.modelId);
+        bool ownVerifier = m.vkaDigest == bytes32(0);
+        if (ownVerifier ? vka.length != 0 : keccak256(abi.encodePacked(vka)) != m.vkaDigest) {
+            revert WrongVka(r.modelId);
+        }
         if (instances.length != uint256(m.inputSize) + m.outputSize) revert InvalidProof(requestId);
         // A low-level call: the verifier returns its result from assembly, and only the first
         // word (success) is read; decoding the rest could revert this contract instead.
-        (bool called, bytes memory ret) =
-            m.verifier.call(abi.encodeCall(IReusableVerifier.verifyProof, (proof, instances, vka)));
+        (bool called, bytes memory ret) = m.verifier.call(
+            ownVerifier
+                ? abi.encodeCall(IHalo2Verifier.verifyProof, (proof, instances))
+                : abi.encodeCall(IReusableVerifier.verifyProof, (proof, instances, vka))
+        );
         bool ok = called && ret.length >= 32 && abi.decode(ret, (uint256)) == 1;
         if (!ok) revert InvalidProof(requestId);
         bytes memory inputRow = _int8Bytes(instances, 0, m.inputSize, requestId);

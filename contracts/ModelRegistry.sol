@@ -5,7 +5,7 @@ pragma solidity ^0.8.24;
 /// @notice A model id is the SHA-256 of an AIVM program file (`aivm info` prints it). Once
 /// registered, an id's owner, URI and metadata can never change; new versions are new ids
 /// that link to their parent, and only the parent's owner may add them. The owner may set
-/// the proof verifier (an EZKL reusable verifier and the model's VKA digest).
+/// the proof verifier (the model's own EZKL verifier, or EZKL's reusable one and the model's VKA digest).
 contract ModelRegistry {
     struct Model {
         address owner;
@@ -18,7 +18,7 @@ contract ModelRegistry {
         uint32 outputSize; // elements of one output row (the zk path needs int8 outputs)
         bytes outputHeader; // row-hash header of the program's output (see aivm_jax.runtime._hashing)
         address verifier; // zero until the owner sets one
-        bytes32 vkaDigest; // keccak256 of the model's VKA, registered in `verifier`
+        bytes32 vkaDigest; // keccak256 of the model's VKA in a reusable `verifier`; zero: its own verifier
     }
 
     /// What the zk path needs to recompute input and output hashes from a proof's instances.

@@ -147,12 +147,13 @@ class Network:
         out["parent"] = "0x" + out["parent"].hex()
         return out
 
-    def set_verifier(self, model_id: str, verifier: str, vka: list[bytes]) -> None:
+    def set_verifier(self, model_id: str, verifier: str, vka: list[bytes] | None = None) -> None:
+        """Register the model's verifier: its own (``vka`` None), or EZKL's reusable one with
+        the model's VKA (already registered in it with ``registerVka``)."""
         from eth_utils import keccak
 
-        self.chain.transact(
-            self.registry.functions.setVerifier(_bytes32(model_id), verifier, keccak(b"".join(vka)))
-        )
+        digest = bytes(32) if vka is None else keccak(b"".join(vka))
+        self.chain.transact(self.registry.functions.setVerifier(_bytes32(model_id), verifier, digest))
 
     # -------------------------------------------------------------- market
 
@@ -259,8 +260,8 @@ class Network:
 
         from aivm_jax.proofs import evm_calldata, read_vka
 
+        own_verifier = self.model(self.request_info(request_id)["model_id"])["vka_digest"] == bytes(32)
         calldata = evm_calldata(document, keys)
-        proof, instances, _ = decode(["bytes", "uint256[]", "bytes32[]"], calldata[4:])
-        self.chain.transact(
-            self.market.functions.submitProof(request_id, proof, list(instances), read_vka(keys.vka))
-        )
+        proof, instances = decode(["bytes", "uint256[]"], calldata[4:])
+        vka = [] if own_verifier else read_vka(keys.vka)
+        self.chain.transact(self.market.functions.submitProof(request_id, proof, list(instances), vka))

@@ -436,16 +436,23 @@ def prove_run(file: Path, input_path: Path, output: Path, cache_dir: Path | None
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Directory for Verifier.sol/.json and vka.json.",
+    help="Directory for Verifier.sol/.json (and vka.json with --reusable).",
+)
+@click.option(
+    "--reusable",
+    is_flag=True,
+    help="EZKL's reusable verifier plus the model's VKA to register in it, instead of the "
+    "model's own verifier (cheaper to call, but only if it fits the contract size limit).",
 )
 @cache_dir_option
 @json_option
-def prove_verifier(file: Path, output: Path, cache_dir: Path | None, as_json: bool) -> None:
-    """Write FILE's Solidity verifier, its compiled ABI and bytecode, and the model's VKA."""
+def prove_verifier(file: Path, output: Path, reusable: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Write FILE's Solidity verifier and its compiled ABI and bytecode."""
     from aivm_jax import proofs
 
     program = aivm_jax.load(file)
-    info = proofs.write_verifier(proofs.load_keys(program.model_id, cache_dir), output, progress=_progress)
+    keys = proofs.load_keys(program.model_id, cache_dir)
+    info = proofs.write_verifier(keys, output, progress=_progress, reusable=reusable)
     _emit(info, as_json, "\n".join(f"{k:24s} {v}" for k, v in info.items()))
 
 

@@ -1,11 +1,17 @@
-"""The on-chain verifier: EZKL's reusable Solidity verifier, compiled with the pinned solc-js.
+"""The on-chain verifier: EZKL's Solidity verifiers, compiled with the pinned solc-js.
 
-EZKL's *reusable* verifier is one contract for many circuits: each model
-registers its verifying key artifact (VKA, a ``bytes32[]``) once with
-``registerVka``, and ``verifyProof(proof, instances, vka)`` checks a proof
-against a registered VKA. (The per-circuit verifier of the digits CNN compiles
-to about 73 KB, far over the 24,576-byte contract limit; the reusable one is
-about 11 KB.)
+Two kinds, both EZKL's:
+
+* the model's **own** verifier (the default): its verifying key is in its
+  code, and ``verifyProof(proof, instances)`` checks a proof. The cheaper to
+  call (digits-mlp 475k gas, digits-cnn 575k), but one contract per model,
+  and only circuits with few columns fit the 24,576-byte contract limit
+  (`CONTRACT_SIZE_LIMIT`; a circuit folded into several column sets does not);
+* the **reusable** verifier: one contract for many circuits; each model
+  registers its verifying key artifact (VKA, a ``bytes32[]``) once with
+  ``registerVka``, and ``verifyProof(proof, instances, vka)`` checks a proof
+  against a registered VKA (about 11 KB; every call also pays for the VKA's
+  calldata, about 1.3x the gas).
 
 Compilation runs ``node compile.js`` from ``aivm_jax/proofs/solcjs``, whose
 ``package.json`` pins solc-js; ``scripts/_venv.sh`` installs it with ``npm ci``.
@@ -28,6 +34,7 @@ from aivm_jax.proofs._ezkl import call, step
 from aivm_jax.proofs._keys import ProvingKeys
 
 __all__ = [
+    "CONTRACT_SIZE_LIMIT",
     "SOLCJS_DIR",
     "compile_solidity",
     "evm_calldata",
@@ -36,6 +43,7 @@ __all__ = [
 ]
 
 SOLCJS_DIR = Path(__file__).parent / "solcjs"
+CONTRACT_SIZE_LIMIT = 24_576  # EIP-170: the most bytes of code a contract may deploy
 
 
 def compile_solidity(
@@ -73,16 +81,25 @@ def read_vka(path: Path) -> list[bytes]:
 
 
 def write_verifier(
-    keys: ProvingKeys, out_dir: Path, progress: Callable[[str], None] = lambda _: None
+    keys: ProvingKeys,
+    out_dir: Path,
+    progress: Callable[[str], None] = lambda _: None,
+    reusable: bool = False,
 ) -> dict[str, Any]:
-    """Write ``Verifier.sol``, ``Verifier.json`` (ABI, bytecode) and ``vka.json`` for a model into ``out_dir``."""
+    """Write ``Verifier.sol`` and ``Verifier.json`` (ABI, bytecode) for a model into ``out_dir``.
+
+    ``reusable=False``: the model's own verifier; a `ProofError` if it would not
+    fit the contract size limit. ``reusable=True``: EZKL's reusable verifier,
+    plus ``vka.json``, the model's VKA to register in it.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sol = out_dir / "Verifier.sol"
+    kind = "reusable" if reusable else "own"
     with tempfile.TemporaryDirectory(prefix="aivm-verifier-") as tmp:
         abi_tmp = Path(tmp) / "abi.json"
         sol_tmp = Path(tmp) / "Verifier.sol"
-        with step(progress, "writing the Solidity verifier"):
+        with step(progress, f"writing the Solidity verifier ({kind})"):
             try:
                 call(
                     "create_evm_verifier",
@@ -91,7 +108,7 @@ def write_verifier(
                     str(sol_tmp),
                     str(abi_tmp),
                     str(keys.srs_path),
-                    True,
+                    reusable,
                 )
             except ProofError:
                 # EZKL writes the source, then tries to download solc to check it; we compile with solc-js.
@@ -102,24 +119,37 @@ def write_verifier(
         compiled = compile_solidity(sol)
     name = next(k for k in compiled if k != "compiler")
     artifact = {"contract": name, "compiler": compiled["compiler"], **compiled[name]}
+    size = (len(artifact["deployedBytecode"]) - 2) // 2
+    if size > CONTRACT_SIZE_LIMIT:
+        raise ProofError(
+            f"the {kind} verifier of {keys.model_id} is {size} bytes, over the {CONTRACT_SIZE_LIMIT}-byte "
+            "contract limit" + ("" if reusable else "; use the reusable verifier (--reusable)")
+        )
     (out_dir / "Verifier.json").write_text(json.dumps(artifact, indent=1) + "\n")
-    vka = ["0x" + word.hex() for word in read_vka(keys.vka)]
-    (out_dir / "vka.json").write_text(json.dumps({"model_id": keys.model_id, "vka": vka}, indent=1) + "\n")
-    return {
+    info = {
         "model_id": keys.model_id,
+        "kind": kind,
         "contract": name,
         "compiler": compiled["compiler"],
         "sol": str(sol),
         "artifact": str(out_dir / "Verifier.json"),
-        "vka": str(out_dir / "vka.json"),
-        "deployed_bytecode_bytes": (len(artifact["deployedBytecode"]) - 2) // 2,
+        "deployed_bytecode_bytes": size,
     }
+    if reusable:
+        vka = ["0x" + word.hex() for word in read_vka(keys.vka)]
+        (out_dir / "vka.json").write_text(
+            json.dumps({"model_id": keys.model_id, "vka": vka}, indent=1) + "\n"
+        )
+        info["vka"] = str(out_dir / "vka.json")
+    return info
 
 
-def evm_calldata(document: dict[str, Any], keys: ProvingKeys) -> bytes:
-    """Calldata of ``verifyProof(proof, instances, vka)`` for a proof document."""
+def evm_calldata(document: dict[str, Any], keys: ProvingKeys, reusable: bool = False) -> bytes:
+    """Calldata of ``verifyProof(proof, instances)`` (the model's own verifier) or, with
+    ``reusable``, of ``verifyProof(proof, instances, vka)``, for a proof document."""
     with tempfile.TemporaryDirectory(prefix="aivm-calldata-") as tmp:
         proof_path = Path(tmp) / "proof.json"
         proof_path.write_text(json.dumps(document["proof"]))
-        call("encode_evm_calldata", str(proof_path), str(Path(tmp) / "calldata.bin"), str(keys.vka))
+        vka = [str(keys.vka)] if reusable else []
+        call("encode_evm_calldata", str(proof_path), str(Path(tmp) / "calldata.bin"), *vka)
         return (Path(tmp) / "calldata.bin").read_bytes()

@@ -9,18 +9,17 @@ semantics are exact integer semantics. The tricks, op by op:
   with the multiplier scaled by ``2**(S - s)`` (the same quotient:
   ``floor(a / 2**s) == floor(a * 2**k / 2**(s + k))``). A bias read only by
   the requantize joins its rounding offset, ``(x + b) M + 2^(S-1) == x M +
-  (b M + 2^(S-1))``. Constants of ``2**24`` or more are split into parts
-  exact in float32 (`_f32_parts`). Then a chain of floor divisions by
-  ``2**14`` (`_floor_div`), exact since ``floor(floor(a / m) / n) ==
-  floor(a / (m n))``; a shorter last step multiplies its dividend up to the
-  same divisor. Every rounding in the circuit thus range-checks digits in base
-  ``2**14``, the one table EZKL's decompositions already use, and no op needs
-  EZKL's boolean gadgets and their {0, 1} table (each extra table costs about
-  65k gas to verify). A ``Div`` alone is not an integer division in EZKL (it
-  changes the fixed-point scale; the rescale back to integers checks only
-  ``|x - q d| < d``), which is why each step corrects ``q`` by its remainder.
-  An int8 result is clipped to [-128, 127], or to [0, 127] with the relu that
-  followed it fused in (`_rewrite`); a clip is two relus (`_clip`).
+  (b M + 2^(S-1))``, and so does the constant that makes the dividend
+  positive. Constants of ``2**24`` or more are split into parts exact in
+  float32 (`_f32_parts`). Then one floor division by ``2**S`` (`_floor_div`),
+  whose digits EZKL range-checks in base ``2**14``, the one table its
+  decompositions use, so no op needs EZKL's boolean gadgets and their {0, 1}
+  table (each extra table costs about 65k gas to verify). A ``Div`` alone is
+  not an integer division in EZKL (it changes the fixed-point scale; the
+  rescale back to integers checks only ``|x - q d| < d``), which is why the
+  step corrects ``q`` by its remainder. An int8 result is clipped to
+  [-128, 127], or to [0, 127] with the relu that followed it fused in
+  (`_rewrite`); a clip is two relus (`_clip`).
 * ``conv2d``: ``Conv`` in NCHW, transposed in and out (layout costs no rows).
   (An im2col ``MatMul`` lets EZKL check the product with Freivalds' trick in
   about 15x fewer rows, but its extra challenge columns made the digits CNN's
@@ -51,10 +50,11 @@ __all__ = ["CIRCUIT_VERSION", "ExportedCircuit", "export_onnx"]
 
 DIV_BITS = 14  # = EZKL's default decomp_base 2**14, so a division's digits share its range table
 
-CIRCUIT_VERSION = 2
+CIRCUIT_VERSION = 3
 """Which export this module writes; it goes up whenever the circuit of an unchanged program
 changes (2: one 2^14 range table, floors and clips from relus, exact
-rewrites, folded biases). Keys record it, and `setup`
+rewrites, folded biases; 3: one rounding per requantize whatever its shift, rescales
+triggered by ``Neg``, one advice column per role). Keys record it, and `setup`
 makes new keys when the cached ones were made from another version."""
 
 
@@ -139,57 +139,70 @@ def _clip(g: _Graph, x: str, low: int, high: int) -> str:
     and 35% fewer for [-128, 127]: EZKL lays ``Clip`` out as a sort with
     boolean gadgets, a relu as one sign decomposition.
     """
-    at_least_low = g.op(
-        "Add",
-        [g.op("Relu", [g.op("Sub", [x, g.const(np.float32(low), "low")])]), g.const(np.float32(low), "low")],
-    )
+    return _clip_from(g, g.op("Sub", [x, g.const(np.float32(low), "low")]), low, high)
+
+
+def _clip_negated(g: _Graph, minus_x: str, k: int, low: int, high: int) -> str:
+    """``clip(-minus_x - k, low, high)``, for a `_floor_div` result: its constant joins the clip's."""
+    return _clip_from(g, g.op("Sub", [g.const(np.float32(-k - low), "low"), minus_x]), low, high)
+
+
+def _clip_from(g: _Graph, above: str, low: int, high: int) -> str:
+    """``clip(v, low, high)`` given ``above = v - low``; a zero ``low`` needs no addition."""
+    at_least_low = g.op("Relu", [above])
+    if low:
+        at_least_low = g.op("Add", [at_least_low, g.const(np.float32(low), "low")])
     high_const = g.const(np.float32(high), "high")
     return g.op("Sub", [high_const, g.op("Relu", [g.op("Sub", [high_const, at_least_low])])])
 
 
-def _floor_div(g: _Graph, x: str, divisor: int, bound: int) -> tuple[str, int]:
-    """``floor(x / d)`` for ``|x| <= bound``; returns the output and its bound.
+def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0) -> tuple[str, int, int]:
+    """``-floor((x + offset) / d) - k``, for ``|x + offset| <= bound``, as ``(out, k, quotient bound)``.
 
-    A small divisor is first scaled up to ``2**DIV_BITS`` together with the
-    numerator (``floor(a m / (d m)) == floor(a / d)``). Then, with ``k d >
-    bound`` so that ``y = x + k d`` is positive:
+    The result comes negated and shifted by ``k``: the caller folds both into
+    its next constant (``c - out``), at no extra op. ``offset`` (a constant,
+    per channel or scalar) is added together with the constant below, so one
+    ``Add`` per float32 part serves both. A divisor under ``2**DIV_BITS`` is
+    first scaled up to it together with the numerator (``floor(a m / (d m))
+    == floor(a / d)``). Then, with ``k d > bound`` so that ``y = x + offset + k
+    d`` is positive:
 
-    * ``Div(y, d)`` only moves the fixed-point scale, and the ``Relu`` after it
-      (the identity on ``y >= 0``) makes EZKL rescale back to integers. That
-      rescale proves ``|y - q d| < d``: ``q`` is ``floor(y / d)`` or, when ``d``
-      does not divide ``y``, possibly ``floor(y / d) + 1``, at the prover's choice.
+    * ``Div(y, d)`` only moves the fixed-point scale, and the ``Neg`` after it
+      makes EZKL rescale back to integers (the cheapest op that does: 57 rows
+      per element with one advice column, a ``Relu`` 75). That rescale proves
+      ``|y - q d| < d`` (``q`` and the distance decomposed in base-2^14
+      digits): ``q`` is ``floor(y / d)`` or, when ``d`` does not divide ``y``,
+      possibly ``floor(y / d) + 1``, at the prover's choice.
     * ``r = y - q d`` is in ``[0, d)`` for the first and negative for the
       second, so ``q - (r < 0)`` is ``floor(y / d)`` either way, and
-      ``floor(y / d) - k == floor(x / d)``.
+      ``floor(y / d) - k == floor((x + offset) / d)``.
 
-    ``Less`` and ``Relu`` are sign decompositions; EZKL's ``Floor`` would need
-    its boolean gadgets and their own {0, 1} range table, which costs about 65k
-    gas per verification and about 1.15x proving time on digits-mlp.
+    A power of two of any size up to the decomposition's reach is one such
+    step (`_circuit` sizes ``decomp_legs`` for every ``(d, y)`` recorded here),
+    so a requantize shift of 20-25 bits is one rounding, not two.
+
+    ``Less`` is a sign decomposition; EZKL's ``Floor`` would need its boolean
+    gadgets and their own {0, 1} range table, which costs about 65k gas per
+    verification and about 1.15x proving time on digits-mlp.
     """
     scale = 2 ** max(0, DIV_BITS - (divisor - 1).bit_length())
     if scale > 1:
         x = g.op("Mul", [x, g.const(np.float32(scale), "scale")])
     d, dividend_bound = divisor * scale, bound * scale
     k = dividend_bound // d + 1
-    for part in _f32_parts(np.int64(k * d)):
+    for part in _f32_parts(np.asarray(offset, dtype=np.int64) * scale + np.int64(k * d)):
         x = g.op("Add", [x, g.const(part, "positive")])
     g.divisions.append((d, dividend_bound + k * d))
     d_const = g.const(np.float32(d), "divisor")
-    q = g.op("Relu", [g.op("Div", [x, d_const])])
-    remainder = g.op("Sub", [x, g.op("Mul", [q, d_const])])
+    minus_q = g.op("Neg", [g.op("Div", [x, d_const])])
+    remainder = g.op("Add", [x, g.op("Mul", [minus_q, d_const])])
     negative = g.op("Cast", [g.op("Less", [remainder, g.const(np.float32(0), "zero")])], to=1)
-    out = g.op("Sub", [q, g.op("Add", [negative, g.const(np.float32(k), "k")])])
-    return out, bound // divisor + 1
+    return g.op("Add", [minus_q, negative]), k, bound // divisor + 1
 
 
-def _floor_div_chain(g: _Graph, x: str, bits: int, bound: int) -> str:
-    """``floor(x / 2**bits)`` as steps of at most ``DIV_BITS`` bits, using
-    ``floor(floor(a / m) / n) == floor(a / (m n))``."""
-    while bits > 0:
-        step = min(DIV_BITS, bits)
-        x, bound = _floor_div(g, x, 2**step, bound)
-        bits -= step
-    return x
+def _negate(g: _Graph, minus_x: str, k: int) -> str:
+    """``-minus_x - k``: a `_floor_div` result as the quotient itself."""
+    return g.op("Sub", [g.const(np.float32(-k), "minus_k"), minus_x])
 
 
 def _window_sum(g: _Graph, x: str, shape: tuple[int, ...], attrs) -> str:
@@ -310,19 +323,24 @@ def export_onnx(program: Program) -> ExportedCircuit:
             offset = np.int64(2 ** (common - 1)) if common > 0 else np.int64(0)
             if node.inputs[0] in folded_biases:
                 offset = offset + folded_biases[node.inputs[0]].astype(np.int64) * m_scaled
-            for part in _f32_parts(offset):
-                out = g.op("Add", [out, g.const(part, "offset")])
+            low = 0 if a.get("fused_relu") else -128  # relu(clip(q, -128, 127)) == clip(q, 0, 127)
             if common > 0:
                 dividend = bound * int(np.abs(m_scaled).max()) + 2 ** (common - 1)
                 if dividend >= 2**53:
                     raise UnsupportedForProofError(
                         f"{node.output}: |x * M| may reach 2^53; use smaller multipliers"
                     )
-                out = _floor_div_chain(g, out, common, dividend)
-            if a["out_dtype"] == "int8":
-                low = 0 if a.get("fused_relu") else -128  # relu(clip(q, -128, 127)) == clip(q, 0, 127)
-                out = _clip(g, out, low, 127)
-            elif bounds[node.output] >= 2**31 - 1:
+                minus_q, k, _ = _floor_div(g, out, 2**common, dividend, offset)
+                if a["out_dtype"] == "int8":
+                    out = _clip_negated(g, minus_q, k, low, 127)
+                else:
+                    out = _negate(g, minus_q, k)
+            else:
+                for part in _f32_parts(offset):
+                    out = g.op("Add", [out, g.const(part, "offset")])
+                if a["out_dtype"] == "int8":
+                    out = _clip(g, out, low, 127)
+            if a["out_dtype"] != "int8" and bounds[node.output] >= 2**31 - 1:
                 raise UnsupportedForProofError(f"{node.output}: int32 saturation is not exported")
         elif node.op == "relu":
             out = g.op("Relu", [x])
@@ -342,7 +360,8 @@ def export_onnx(program: Program) -> ExportedCircuit:
             total = _window_sum(g, x, program.value_shape(node.inputs[0]), a)
             doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
             shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
-            out, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
+            minus_q, k, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
+            out = _negate(g, minus_q, k)
         elif node.op in ("reshape", "flatten"):
             shape = (
                 a["shape"] if node.op == "reshape" else (int(np.prod(program.value_shape(node.inputs[0]))),)

@@ -56,8 +56,12 @@ def test_verifier_command_writes_compiled_artifacts(run, keys, tmp_path):
     info = json.loads(result.stdout)
     artifact = json.loads((tmp_path / "v" / "Verifier.json").read_text())
     assert artifact["abi"] and artifact["bytecode"].startswith("0x")
-    assert info["deployed_bytecode_bytes"] < 24_576
-    assert json.loads((tmp_path / "v" / "vka.json").read_text())["model_id"] == keys["digits-mlp"].model_id
+    assert info["deployed_bytecode_bytes"] < 24_576 and info["kind"] == "own"
+    assert not (tmp_path / "v" / "vka.json").exists()
+    result = run("prove", "verifier", MLP, "-o", tmp_path / "r", "--reusable", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kind"] == "reusable"
+    assert json.loads((tmp_path / "r" / "vka.json").read_text())["model_id"] == keys["digits-mlp"].model_id
 
 
 def test_prove_errors_are_one_line(run, tmp_path):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from eth_abi import decode
 
 import aivm_jax
 from aivm_jax import TransactionRevertedError, proofs
@@ -16,33 +17,54 @@ from aivm_jax.conformance import DATA_DIR
 pytestmark = pytest.mark.slow
 
 
+def _verifier(chain, keys, out, reusable=False):
+    proofs.write_verifier(keys, out, reusable=reusable)
+    artifact = json.loads((out / "Verifier.json").read_text())
+    return chain.deploy(artifact["abi"], artifact["bytecode"]), artifact
+
+
 @pytest.fixture(scope="module")
 def market(keys, programs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("zk-verifier")
-    proofs.write_verifier(keys["digits-mlp"], out)
-    artifact = json.loads((out / "Verifier.json").read_text())
+    """digits-mlp with its own verifier; digits-cnn with the reusable verifier and its VKA."""
     chain = Chain.embedded()
     network = Network.deploy(chain)
-    verifier = chain.deploy(artifact["abi"], artifact["bytecode"])
-    vka = proofs.read_vka(keys["digits-mlp"].vka)
+    for name in ("digits-mlp", "digits-cnn"):
+        network.register(programs[name], str(DATA_DIR / f"{name}.aivm"))
+    verifier, _ = _verifier(chain, keys["digits-mlp"], tmp_path_factory.mktemp("own"))
+    network.set_verifier(programs["digits-mlp"].model_id, verifier)
+    verifier, artifact = _verifier(
+        chain, keys["digits-cnn"], tmp_path_factory.mktemp("reusable"), reusable=True
+    )
+    vka = proofs.read_vka(keys["digits-cnn"].vka)
     chain.transact(chain.w3.eth.contract(address=verifier, abi=artifact["abi"]).functions.registerVka(vka))
-    program = programs["digits-mlp"]
-    network.register(program, str(DATA_DIR / "digits-mlp.aivm"))
-    network.set_verifier(program.model_id, verifier, vka)
+    network.set_verifier(programs["digits-cnn"].model_id, verifier, vka)
     return network
 
 
-def test_a_valid_proof_finalizes_the_request(market, programs, keys, proof_documents):
-    program = programs["digits-mlp"]
-    x = np.load(DATA_DIR / "digits-mlp.inputs.npy")[:1]
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])  # own verifier, reusable verifier
+def test_a_valid_proof_finalizes_the_request(market, programs, keys, proof_documents, name):
+    program = programs[name]
+    x = np.load(DATA_DIR / f"{name}.inputs.npy")[:1]
     rid = market.request(program.model_id, x, fee=10**15, commit_window=600, reveal_window=600)
     prover = market.as_account(market.chain.w3.eth.accounts[3])
-    prover.submit_proof(rid, proof_documents["digits-mlp"], keys["digits-mlp"])
+    before = market.withdrawable(prover.chain.address)
+    prover.submit_proof(rid, proof_documents[name], keys[name])
     info = market.request_info(rid)
     assert info["status"] == "finalized" and info["by_proof"]
     # the contract recomputed the AIVM output hash from the proven output: the same bits as infer
     assert info["output_hash"] == aivm_jax.infer(program, x).output_hash
-    assert market.withdrawable(prover.chain.address) == 10**15
+    assert market.withdrawable(prover.chain.address) - before == 10**15
+
+
+def test_a_vka_is_refused_for_a_model_with_its_own_verifier(market, programs, keys, proof_documents):
+    program = programs["digits-mlp"]
+    x = np.load(DATA_DIR / "digits-mlp.inputs.npy")[:1]
+    rid = market.request(program.model_id, x, commit_window=600, reveal_window=600)
+    calldata = proofs.evm_calldata(proof_documents["digits-mlp"], keys["digits-mlp"])
+    proof, instances = decode(["bytes", "uint256[]"], calldata[4:])
+    vka = proofs.read_vka(keys["digits-mlp"].vka)
+    with pytest.raises(TransactionRevertedError, match="WrongVka"):
+        market.chain.transact(market.market.functions.submitProof(rid, proof, list(instances), vka))
 
 
 def test_a_proof_of_another_input_is_refused(market, programs, keys, proof_documents):
@@ -70,3 +92,13 @@ def test_a_proof_for_another_model_is_refused(market, programs, keys, proof_docu
     rid = market.request(program.model_id, x, commit_window=600, reveal_window=600)
     with pytest.raises(TransactionRevertedError, match="WrongVka|InvalidProof"):
         market.submit_proof(rid, proof_documents["digits-cnn"], keys["digits-cnn"])
+
+
+def test_a_proof_for_another_model_is_refused_by_the_reusable_verifier(
+    market, programs, keys, proof_documents
+):
+    program = programs["digits-cnn"]
+    x = np.load(DATA_DIR / "digits-mlp.inputs.npy")[:1].reshape(1, 8, 8, 1)
+    rid = market.request(program.model_id, x, commit_window=600, reveal_window=600)
+    with pytest.raises(TransactionRevertedError, match="WrongVka"):
+        market.submit_proof(rid, proof_documents["digits-mlp"], keys["digits-mlp"])
