@@ -13,7 +13,8 @@ softmax row sum, the integer square root of the variance), and EZKL's ONNX
 front end has no exact division by a computed value.
 
 Reported, one run: circuit rows and logrows, setup and proving seconds, peak
-RSS, proof bytes, verification gas with the reusable verifier on py-evm, and
+RSS, proof bytes, verification gas on py-evm with the circuit's own verifier
+(when it fits the contract size limit) and with the reusable one, and
 whether the EZKL witness equals `infer` bit for bit on a few inputs.
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _timing import machine_line  # noqa: E402
-from proof_costs import _evm, _srs  # noqa: E402
+from proof_costs import _evm, _gas, _srs  # noqa: E402
 
 import aivm_jax  # noqa: E402
 from aivm_jax import Program, ValueSpec  # noqa: E402
@@ -105,7 +106,7 @@ def main() -> None:
         )
         prove_s = time.perf_counter() - start
         (work / "proof.json").write_text(json.dumps(document["proof"]))
-        size, gas = _evm(keys.vk, keys.circuit.settings, srs, keys.vka, work / "proof.json", work)
+        evm = _evm(keys.vk, keys.circuit.settings, srs, keys.vka, work / "proof.json", work)
         expected = aivm_jax.infer(block, x).outputs
         exact = 0
         for row, want in zip(x, expected):
@@ -116,7 +117,8 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"setup {setup_s:.1f} s, prove {prove_s:.1f} s, peak {peak:.0f} MB, "
-        f"proof {len(bytes.fromhex(document['proof']['hex_proof'][2:]))} B, verifier {size} B, gas {gas}, "
+        f"proof {len(bytes.fromhex(document['proof']['hex_proof'][2:]))} B, own verifier "
+        f"{evm['own_bytes']} B and {_gas(evm['own_gas'])} gas, reusable verifier {_gas(evm['reusable_gas'])} gas, "
         f"witness == infer on {exact}/{len(x)}"
     )
 
