@@ -111,25 +111,20 @@ class _Graph:
         return out
 
 
-def _split16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``v = hi * 2**16 + lo`` with ``lo`` in ``[0, 2**16)``; ``hi * 2**16`` is exact in float32."""
-    v = values.astype(np.int64)
-    hi = v >> 16
-    return hi << 16, v - (hi << 16)
-
-
 def _f32_parts(values) -> list[np.ndarray]:
-    """Nonzero int64 arrays, each exact in float32, that sum to ``values`` (``|v| < 2**46``).
+    """Nonzero int64 arrays, each exact in float32, that sum to ``values`` (``|v| < 2**47``).
 
-    Below ``2**24`` a value is its own part; above, it splits into its bits
-    from 32 up, 16 to 31, and 0 to 15 (each at most 16 significant bits).
+    Below ``2**24`` a value is its own part; above, it splits into its low 24
+    bits, ``v mod 2**24``, and the rest, a multiple of ``2**24`` with at most
+    23 significant bits: two ``Add`` rows per element, not three.
     """
     v = np.asarray(values, dtype=np.int64)
     if np.abs(v).max(initial=0) < 2**24:
         return [v] if v.any() else []
-    high = v >> 32 << 32
-    middle, low = _split16(v - high)
-    return [part for part in (high, middle, low) if part.any()]
+    if np.abs(v).max() >= 2**47:
+        raise UnsupportedForProofError("a constant of 2^47 or more has no exact float32 parts")
+    low = v & (2**24 - 1)
+    return [part for part in (v - low, low) if part.any()]
 
 
 def _clip(g: _Graph, x: str, low: int, high: int) -> str:
@@ -156,8 +151,9 @@ def _clip_from(g: _Graph, above: str, low: int, high: int) -> str:
     return g.op("Sub", [high_const, g.op("Relu", [g.op("Sub", [high_const, at_least_low])])])
 
 
-def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0) -> tuple[str, int, int]:
-    """``-floor((x + offset) / d) - k``, for ``|x + offset| <= bound``, as ``(out, k, quotient bound)``.
+def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0, times: int = 1) -> tuple[str, int, int]:
+    """``-floor((times x + offset) / d) - k``, for ``|times x + offset| <= bound``, as
+    ``(out, k, quotient bound)``.
 
     The result comes negated and shifted by ``k``: the caller folds both into
     its next constant (``c - out``), at no extra op. ``offset`` (a constant,
@@ -186,8 +182,8 @@ def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0) -> tuple[s
     verification and about 1.15x proving time on digits-mlp.
     """
     scale = 2 ** max(0, DIV_BITS - (divisor - 1).bit_length())
-    if scale > 1:
-        x = g.op("Mul", [x, g.const(np.float32(scale), "scale")])
+    if times * scale != 1:
+        x = g.op("Mul", [x, g.const(np.float32(times * scale), "scale")])
     d, dividend_bound = divisor * scale, bound * scale
     k = dividend_bound // d + 1
     for part in _f32_parts(np.asarray(offset, dtype=np.int64) * scale + np.int64(k * d)):
@@ -203,6 +199,41 @@ def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0) -> tuple[s
 def _negate(g: _Graph, minus_x: str, k: int) -> str:
     """``-minus_x - k``: a `_floor_div` result as the quotient itself."""
     return g.op("Sub", [g.const(np.float32(-k), "minus_k"), minus_x])
+
+
+def _window_taps(g: _Graph, x: str, shape: tuple[int, ...], attrs) -> tuple[list[str], tuple[int, ...]]:
+    """One flat ``(1, Ho Wo C)`` tensor per window position of an unpadded NHWC pooling,
+    each a ``Gather`` at constant indices (no constraints in EZKL); and ``(Ho, Wo, C)``."""
+    (height, width, channels), (wh, ww), (sh, sw) = shape, attrs["window"], attrs["strides"]
+    out_h, out_w = (height - wh) // sh + 1, (width - ww) // sw + 1
+    flat = g.op("Reshape", [x, g.const(np.array([1, height * width * channels]), "flat", dtype=np.int64)])
+    base = (np.arange(out_h)[:, None, None] * sh * width + np.arange(out_w)[None, :, None] * sw) * channels
+    base = base + np.arange(channels)
+    taps = [
+        g.op(
+            "Gather",
+            [flat, g.const((base + (i * width + j) * channels).reshape(-1), "tap", dtype=np.int64)],
+            axis=1,
+        )
+        for i in range(wh)
+        for j in range(ww)
+    ]
+    return taps, (out_h, out_w, channels)
+
+
+def _max_pool(g: _Graph, x: str, shape: tuple[int, ...], attrs) -> str:
+    """An unpadded NHWC max pool as a tree of ``max(a, b) = a + relu(b - a)``.
+
+    Exact for integers, and one sign decomposition per comparison: 63 rows
+    per output of a 2x2 window, where EZKL's ``MaxPool`` takes 86.
+    """
+    level, out_shape = _window_taps(g, x, shape, attrs)
+    while len(level) > 1:
+        pairs = [
+            g.op("Add", [a, g.op("Relu", [g.op("Sub", [b, a])])]) for a, b in zip(level[::2], level[1::2])
+        ]
+        level = pairs + level[len(pairs) * 2 :]
+    return g.op("Reshape", [level[0], g.const(np.array([1, *out_shape]), "nhwc", dtype=np.int64)])
 
 
 def _window_sum(g: _Graph, x: str, shape: tuple[int, ...], attrs) -> str:
@@ -352,15 +383,12 @@ def export_onnx(program: Program) -> ExportedCircuit:
         elif node.op == "max_pool":
             if a["padding"] != ((0, 0), (0, 0)):
                 raise UnsupportedForProofError(f"{node.op} with padding is not exported yet")
-            nchw = g.op("Transpose", [x], perm=[0, 3, 1, 2])
-            pooled = g.op("MaxPool", [nchw], kernel_shape=list(a["window"]), strides=list(a["strides"]))
-            out = g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
+            out = _max_pool(g, x, program.value_shape(node.inputs[0]), a)
         elif node.op == "avg_pool":
             n = a["window"][0] * a["window"][1]
             total = _window_sum(g, x, program.value_shape(node.inputs[0]), a)
-            doubled = g.op("Mul", [total, g.const(np.float32(2), "two")])
-            shifted = g.op("Add", [doubled, g.const(np.float32(n), "count")])
-            minus_q, k, _ = _floor_div(g, shifted, 2 * n, 2 * bound * n + n)
+            # floor((2 S + n) / 2n): the doubling and the offset join the division's own constants
+            minus_q, k, _ = _floor_div(g, total, 2 * n, 2 * bound * n + n, offset=n, times=2)
             out = _negate(g, minus_q, k)
         elif node.op in ("reshape", "flatten"):
             shape = (

@@ -133,7 +133,7 @@ def test_transformer_ops_are_refused_before_any_bound_is_guessed(tmp_path):
 
 @pytest.mark.slow
 def test_strided_padded_convs_and_overlapping_pools_export_exactly(tmp_path):
-    """The im2col conv with strides and padding, a 2x2 max pool moved before its requantize, an
+    """A conv with strides and padding, a 2x2 max pool moved before its requantize, an
     overlapping average pool (the 0/1-convolution path) and a bias folded into the rounding offset."""
     rng = np.random.default_rng(7)
     program = Program(
@@ -173,6 +173,38 @@ def test_strided_padded_convs_and_overlapping_pools_export_exactly(tmp_path):
     assert [n.op for n in circuit_nodes(program)][:2] == ["conv2d", "max_pool"]
     files = build_circuit(program, tmp_path / "circuit")
     x = edge_inputs(program, 8, seed=2)
+    expected = aivm_jax.infer(program, x).outputs
+    for row, want in zip(x, expected):
+        assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
+    assert len({tuple(r.reshape(-1)) for r in expected}) > 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window, strides", [((3, 3), (2, 2)), ((1, 3), (1, 1)), ((2, 1), (1, 2))])
+def test_max_pools_of_any_window_export_exactly(window, strides, tmp_path):
+    """The max tree (``a + relu(b - a)``) over 9, 3 and 2 taps: odd counts carry a tap up a level."""
+    program = Program(
+        name="pool",
+        inputs=(ValueSpec(name="x", dtype="int8", shape=(5, 6, 2)),),
+        outputs=(
+            ValueSpec(
+                name="y",
+                dtype="int8",
+                shape=((5 - window[0]) // strides[0] + 1, (6 - window[1]) // strides[1] + 1, 2),
+            ),
+        ),
+        nodes=(
+            Node(
+                op="max_pool",
+                inputs=("x",),
+                output="y",
+                attrs={"window": window, "strides": strides, "padding": ((0, 0), (0, 0))},
+            ),
+        ),
+        params={},
+    )
+    files = build_circuit(program, tmp_path / "circuit")
+    x = edge_inputs(program, 6, seed=3)
     expected = aivm_jax.infer(program, x).outputs
     for row, want in zip(x, expected):
         assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
