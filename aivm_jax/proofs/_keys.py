@@ -152,7 +152,7 @@ def setup(
         progress(
             f"the cached keys of {program.model_id} were made for circuit version "
             f"{existing.circuit_version}; this aivm_jax exports version {CIRCUIT_VERSION}: making new keys "
-            "(register the new verifying key artifact wherever the old one is registered)"
+            "(deploy and register the new verifier, or the new VKA, wherever the old one is registered)"
         )
     elif (
         existing is not None and (srs_path is None or srs_path == existing.srs_path) and existing.pk.exists()
