@@ -20,6 +20,16 @@ def witness_outputs(files, x_row: np.ndarray, tmp_path) -> list[str]:
     return json.loads((tmp_path / "w.json").read_text())["outputs"][0]
 
 
+def assert_witnesses_equal_infer(program, x: np.ndarray, tmp_path, distinct: int) -> None:
+    """EZKL's witness of each row of ``x`` equals `infer`, bit for bit, and the rows'
+    outputs take more than ``distinct`` values (the inputs really differ)."""
+    files = build_circuit(program, tmp_path / "circuit")
+    expected = aivm_jax.infer(program, x).outputs
+    for row, want in zip(x, expected):
+        assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
+    assert len({tuple(r.reshape(-1)) for r in expected}) > distinct
+
+
 def edge_inputs(program, n_random: int, seed: int = 0) -> np.ndarray:
     """Held-out-like pixels, all-zero, all-max pixel, and rows over the whole int8 range."""
     rng = np.random.default_rng(seed)
@@ -39,14 +49,9 @@ def edge_inputs(program, n_random: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
 def test_witness_equals_infer_on_20_inputs_with_range_edges(programs, name, tmp_path):
     program = programs[name]
-    files = build_circuit(program, tmp_path / "circuit")
     x = edge_inputs(program, 15)
     assert len(x) >= 20
-    expected = aivm_jax.infer(program, x).outputs
-    for row, want in zip(x, expected):
-        got = witness_outputs(files, row, tmp_path)
-        assert got == [field_element(v) for v in want.reshape(-1).tolist()]
-    assert len({tuple(r.reshape(-1)) for r in expected}) > 10  # the inputs really differ
+    assert_witnesses_equal_infer(program, x, tmp_path, distinct=10)
 
 
 @pytest.mark.slow
@@ -171,12 +176,7 @@ def test_strided_padded_convs_and_overlapping_pools_export_exactly(tmp_path):
         },
     )
     assert [n.op for n in circuit_nodes(program)][:2] == ["conv2d", "max_pool"]
-    files = build_circuit(program, tmp_path / "circuit")
-    x = edge_inputs(program, 8, seed=2)
-    expected = aivm_jax.infer(program, x).outputs
-    for row, want in zip(x, expected):
-        assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
-    assert len({tuple(r.reshape(-1)) for r in expected}) > 3
+    assert_witnesses_equal_infer(program, edge_inputs(program, 8, seed=2), tmp_path, distinct=3)
 
 
 @pytest.mark.slow
@@ -203,9 +203,4 @@ def test_max_pools_of_any_window_export_exactly(window, strides, tmp_path):
         ),
         params={},
     )
-    files = build_circuit(program, tmp_path / "circuit")
-    x = edge_inputs(program, 6, seed=3)
-    expected = aivm_jax.infer(program, x).outputs
-    for row, want in zip(x, expected):
-        assert witness_outputs(files, row, tmp_path) == [field_element(v) for v in want.reshape(-1).tolist()]
-    assert len({tuple(r.reshape(-1)) for r in expected}) > 3
+    assert_witnesses_equal_infer(program, edge_inputs(program, 6, seed=3), tmp_path, distinct=3)
