@@ -54,8 +54,9 @@ CIRCUIT_VERSION = 3
 """Which export this module writes; it goes up whenever the circuit of an unchanged program
 changes (2: one 2^14 range table, floors and clips from relus, exact
 rewrites, folded biases; 3: one rounding per requantize whatever its shift, rescales
-triggered by ``Neg``, one advice column per role). Keys record it, and `setup`
-makes new keys when the cached ones were made from another version."""
+triggered by ``Neg``, max pools as relu trees, one advice column per role and one column
+set, selectors not merged at setup). Keys record it, and `setup` makes new keys when the
+cached ones were made from another version."""
 
 
 @dataclasses.dataclass(frozen=True)
