@@ -115,8 +115,8 @@ MAX_LOGROWS = 22
 MAX_COLUMN_SETS_LOG2 = 0
 """A circuit of ``R`` rows gets ``2**logrows >= R``: one column set. EZKL folds rows beyond
 ``2**logrows`` into more columns, and every column costs verification gas. Measured on
-digits-cnn (226k rows, one advice column per role): one set at 2^18 verifies for 575k gas
-through its own verifier and proves in 1.3x the time of two sets at 2^17 (728k gas); on
+digits-cnn (219k rows, one advice column per role): one set at 2^18 verifies for 522k gas
+through its own verifier and proves in 13.5 s; two sets at 2^17, 702k gas and 11.1 s. On
 chain every verification pays the gas, while the proof is made once."""
 
 

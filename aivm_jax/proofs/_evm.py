@@ -4,14 +4,14 @@ Two kinds, both EZKL's:
 
 * the model's **own** verifier (the default): its verifying key is in its
   code, and ``verifyProof(proof, instances)`` checks a proof. The cheaper to
-  call (digits-mlp 475k gas, digits-cnn 575k), but one contract per model,
+  call (digits-mlp 521k gas, digits-cnn 522k), but one contract per model,
   and only circuits with few columns fit the 24,576-byte contract limit
   (`CONTRACT_SIZE_LIMIT`; a circuit folded into several column sets does not);
 * the **reusable** verifier: one contract for many circuits; each model
   registers its verifying key artifact (VKA, a ``bytes32[]``) once with
   ``registerVka``, and ``verifyProof(proof, instances, vka)`` checks a proof
   against a registered VKA (about 11 KB; every call also pays for the VKA's
-  calldata, about 1.3x the gas).
+  calldata, about 1.25x the gas).
 
 Compilation runs ``node compile.js`` from ``aivm_jax/proofs/solcjs``, whose
 ``package.json`` pins solc-js; ``scripts/_venv.sh`` installs it with ``npm ci``.
