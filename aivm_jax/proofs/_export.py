@@ -24,8 +24,9 @@ semantics are exact integer semantics. The tricks, op by op:
   (An im2col ``MatMul`` lets EZKL check the product with Freivalds' trick in
   about 15x fewer rows, but its extra challenge columns made the digits CNN's
   proof slower and its verification dearer, so convolutions stay ``Conv``.)
-* ``max_pool``: ``MaxPool`` in NCHW, moved before the requantize that fed it
-  where that is exact (`_rewrite`).
+* ``max_pool``: a tree of ``max(a, b) = a + relu(b - a)`` over the window's
+  taps (`_max_pool`), moved before the requantize that fed it where that is
+  exact (`_rewrite`).
 * ``avg_pool``: the window sum (a reshape and ``ReduceSum`` where windows tile
   the image, else a 0/1 convolution), then ``floor((2S + n) / 2n)``.
 * ``table``: ``Gather(values, x + 128)``.
@@ -152,9 +153,8 @@ def _clip_from(g: _Graph, above: str, low: int, high: int) -> str:
     return g.op("Sub", [high_const, g.op("Relu", [g.op("Sub", [high_const, at_least_low])])])
 
 
-def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0, times: int = 1) -> tuple[str, int, int]:
-    """``-floor((times x + offset) / d) - k``, for ``|times x + offset| <= bound``, as
-    ``(out, k, quotient bound)``.
+def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0, times: int = 1) -> tuple[str, int]:
+    """``-floor((times x + offset) / d) - k``, for ``|times x + offset| <= bound``, as ``(out, k)``.
 
     The result comes negated and shifted by ``k``: the caller folds both into
     its next constant (``c - out``), at no extra op. ``offset`` (a constant,
@@ -194,7 +194,7 @@ def _floor_div(g: _Graph, x: str, divisor: int, bound: int, offset=0, times: int
     minus_q = g.op("Neg", [g.op("Div", [x, d_const])])
     remainder = g.op("Add", [x, g.op("Mul", [minus_q, d_const])])
     negative = g.op("Cast", [g.op("Less", [remainder, g.const(np.float32(0), "zero")])], to=1)
-    return g.op("Add", [minus_q, negative]), k, bound // divisor + 1
+    return g.op("Add", [minus_q, negative]), k
 
 
 def _negate(g: _Graph, minus_x: str, k: int) -> str:
@@ -362,7 +362,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
                     raise UnsupportedForProofError(
                         f"{node.output}: |x * M| may reach 2^53; use smaller multipliers"
                     )
-                minus_q, k, _ = _floor_div(g, out, 2**common, dividend, offset)
+                minus_q, k = _floor_div(g, out, 2**common, dividend, offset)
                 if a["out_dtype"] == "int8":
                     out = _clip_negated(g, minus_q, k, low, 127)
                 else:
@@ -389,7 +389,7 @@ def export_onnx(program: Program) -> ExportedCircuit:
             n = a["window"][0] * a["window"][1]
             total = _window_sum(g, x, program.value_shape(node.inputs[0]), a)
             # floor((2 S + n) / 2n): the doubling and the offset join the division's own constants
-            minus_q, k, _ = _floor_div(g, total, 2 * n, 2 * bound * n + n, offset=n, times=2)
+            minus_q, k = _floor_div(g, total, 2 * n, 2 * bound * n + n, offset=n, times=2)
             out = _negate(g, minus_q, k)
         elif node.op in ("reshape", "flatten"):
             shape = (
