@@ -29,9 +29,10 @@ EDGE_SHAPES = [  # (M, K, N)
     (8, 4, 16),
     (9, 5, 17),
     (64, 511, 32),
-    (40, 100, 94),  # one K pass, ragged last panel: masked stores straight to C
+    (40, 100, 94),  # one K pass, ragged last panel: its partial vector stored shifted, whole
     (16, 9, 10),  # one K pass, one ragged panel of a single partial vector
-    (24, 64, 40),  # a ragged panel whose last vector lies wholly past N
+    (24, 64, 40),  # one K pass, a ragged panel of two full vectors and one of 8 columns
+    (16, 64, 100),  # one K pass, a ragged panel whose first vector is partial (masked) and second past N
     (16, 32, 15),  # partial vectors of 15, 7 and 2 columns: every store size of the ragged edge
     (16, 32, 23),
     (16, 32, 50),

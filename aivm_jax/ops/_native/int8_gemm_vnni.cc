@@ -95,16 +95,23 @@ __attribute__((noinline)) void micro_kernel(const int8_t* __restrict ap, int64_t
 #undef AIVM_ROW_STORE
 }
 
+// How a ragged panel's vector v reaches C (see micro_kernel_direct).
+enum class VectorStore : uint8_t { kFull, kShifted, kSpill, kNone };
+
 // The same product for a whole tile in one pass: the accumulators start at the column starts
 // `init` (the same for every row) and go straight to MR full rows of C (stride N), with no tile
-// buffer in between. Used when all of K is one pass. kRagged: the panel's last columns lie past N;
-// its full vectors (masks[v] all set) still go straight to C, the others to `spill` (MR x NV x 16
-// int32), for the caller to store under their masks.
+// buffer in between. Used when all of K is one pass. kRagged: the panel's last columns lie past N.
+// Its full vectors still go straight to C. A partial vector of `left` columns that follows a full
+// one is stored whole, `left` lanes later into the row: its lanes after a two-vector permute
+// (`shift`) are the full vector's last 16 - left columns and its own first `left`, so the store
+// ends exactly at column N and rewrites those columns with the values they already hold. Any other
+// partial vector goes to `spill` (MR x NV x 16 int32) for the caller to store under its mask.
 template <int NV, bool kRagged>
 __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, int64_t lda,
                                                    const int8_t* __restrict bp, int64_t kc4,
                                                    const int32_t* __restrict init, int32_t* __restrict c,
-                                                   int64_t N, const __mmask16* masks, int32_t* __restrict spill) {
+                                                   int64_t N, const VectorStore* how, __m512i shift,
+                                                   int64_t shift_at, int32_t* __restrict spill) {
   const __m512i i0 = _mm512_loadu_si512(init);
   const __m512i i1 = NV > 1 ? _mm512_loadu_si512(init + 16) : i0;
   const __m512i i2 = NV > 2 ? _mm512_loadu_si512(init + 32) : i0;
@@ -112,15 +119,17 @@ __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, 
   AIVM_FOR_ROWS(AIVM_ROW_DECL)
 #undef AIVM_ROW_DECL
   AIVM_K_LOOP
-#define AIVM_STORE(r, v, x)                                  \
-  if (!kRagged || masks[v] == 0xFFFF)                        \
-    _mm512_storeu_si512(c + r * N + 16 * v, x);              \
-  else                                                       \
+#define AIVM_STORE(r, v, x, previous)                                                          \
+  if (!kRagged || how[v] == VectorStore::kFull)                                               \
+    _mm512_storeu_si512(c + r * N + 16 * v, x);                                               \
+  else if (how[v] == VectorStore::kShifted)                                                   \
+    _mm512_storeu_si512(c + r * N + shift_at, _mm512_permutex2var_epi32(previous, shift, x)); \
+  else if (how[v] == VectorStore::kSpill)                                                     \
     _mm512_store_si512(spill + (r * NV + v) * 16, x);
 #define AIVM_ROW_STORE(r)                                    \
-  AIVM_STORE(r, 0, c##r##0)                                  \
-  if constexpr (NV > 1) { AIVM_STORE(r, 1, c##r##1) }        \
-  if constexpr (NV > 2) { AIVM_STORE(r, 2, c##r##2) }
+  AIVM_STORE(r, 0, c##r##0, c##r##0)                         \
+  if constexpr (NV > 1) { AIVM_STORE(r, 1, c##r##1, c##r##0) } \
+  if constexpr (NV > 2) { AIVM_STORE(r, 2, c##r##2, c##r##1) }
   AIVM_FOR_ROWS(AIVM_ROW_STORE)
 #undef AIVM_ROW_STORE
 #undef AIVM_STORE
@@ -222,9 +231,21 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
     if (copy_last) copy_a_tile(a + last * K, K, rows - last, pc, kc, last_tile);
     for (int64_t jr = p0 * NR; jr < p1 * NR; jr += NR) {
       __mmask16 masks[NV];
+      VectorStore how[NV];
+      __m512i shift = _mm512_setzero_si512();
+      int64_t shift_at = 0;
+      bool spills = false;
       for (int64_t v = 0; v < NV; ++v) {
         const int64_t left = N - jr - 16 * v;
         masks[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+        how[v] = left >= 16 ? VectorStore::kFull : left <= 0 ? VectorStore::kNone : VectorStore::kSpill;
+        if (how[v] == VectorStore::kSpill && v > 0 && how[v - 1] == VectorStore::kFull) {
+          how[v] = VectorStore::kShifted;  // lanes: previous[left..15], then this vector's [0, left)
+          shift = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(left)),
+                                   _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+          shift_at = 16 * v + left - 16;
+        }
+        spills = spills || how[v] == VectorStore::kSpill;
       }
       const int8_t* bp = bpk + jr * Kp + pc * NR;
       const bool one_pass = kc == Kp, ragged = jr + NR > N;
@@ -236,14 +257,15 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
         int32_t* crow = c + ir * N + jr;
         if (one_pass && mv == MR) {
           if (!ragged) {
-            micro_kernel_direct<NV, false>(ap, lda, bp, kc / 4, init + jr, crow, N, masks, tile);
+            micro_kernel_direct<NV, false>(ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
             continue;
           }
-          micro_kernel_direct<NV, true>(ap, lda, bp, kc / 4, init + jr, crow, N, masks, tile);
-          for (int64_t r = 0; r < MR; ++r)
-            for (int64_t v = 0; v < NV; ++v)
-              if (masks[v] != 0xFFFF)
-                _mm512_mask_storeu_epi32(crow + r * N + 16 * v, masks[v], _mm512_load_si512(tile + (r * NV + v) * 16));
+          micro_kernel_direct<NV, true>(ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
+          if (spills)
+            for (int64_t r = 0; r < MR; ++r)
+              for (int64_t v = 0; v < NV; ++v)
+                if (how[v] == VectorStore::kSpill)
+                  _mm512_mask_storeu_epi32(crow + r * N + 16 * v, masks[v], _mm512_load_si512(tile + (r * NV + v) * 16));
           continue;
         }
         for (int64_t r = 0; r < MR; ++r)
