@@ -33,7 +33,7 @@ EDGE_SHAPES = [  # (M, K, N)
     (16, 9, 10),  # one K pass, one ragged panel of a single partial vector
     (24, 64, 40),  # one K pass, a ragged panel of two full vectors and one of 8 columns
     (16, 64, 100),  # one K pass, a ragged panel whose first vector is partial (masked) and second past N
-    (16, 32, 15),  # partial vectors of 15, 7 and 2 columns: every store size of the ragged edge
+    (16, 32, 15),  # a lone partial vector of 15 columns (masked), then 7 and 2 after a full one (shifted)
     (16, 32, 23),
     (16, 32, 50),
     (65, 512, 33),
@@ -81,6 +81,20 @@ def test_edge_shapes_equal_the_int64_product_and_xla(m, k, n):
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, _exact(a, b))
     np.testing.assert_array_equal(got, np.asarray(jax.jit(_xla_matmul)(a, b)))
+
+
+@pytest.mark.parametrize("left", range(1, 16))
+def test_every_shifted_ragged_store_writes_exactly_its_columns(left):
+    """N = 16 + left: one K pass, a full vector then one of `left` columns, stored whole after
+    a permute that ends it at column N. Each output row is followed by a sentinel row, so a
+    store that ran past its row (or wrote wrong lanes) would show in the next row's values."""
+    rng = np.random.default_rng(left)
+    a = rng.integers(-128, 128, (24, 36), dtype=np.int8)
+    b = rng.integers(-128, 128, (36, 16 + left), dtype=np.int8)
+    a[1::2] = 0  # every other row is all zero: its products must stay exactly zero
+    got = np.asarray(jax.jit(int8_matmul)(a, b))
+    np.testing.assert_array_equal(got, _exact(a, b))
+    assert not got[1::2].any()
 
 
 @pytest.mark.parametrize("value", [-128, 127])
