@@ -21,7 +21,9 @@ shared library, registered as XLA FFI custom calls (CPU only):
   -> batch_matmul`` chain, one query row at a time (``int_attention.cc``), and
   ``aivm_int_attention_int8``, the same followed by its requantize to int8;
 * ``aivm_int_table_requantize``: ``table`` then ``requantize`` to int8 (a
-  transformer's GELU, ``int_table.cc``).
+  transformer's GELU, ``int_table.cc``);
+* ``aivm_parallel_for_check``: a self-test of the parallel loop all of them use
+  (``parallel_check.cc``, `parallel_for_check`); no op runs through it.
 
 The library is built by `main` (``scripts/_venv.sh`` runs it at install) or on
 first use, when a C++ compiler (``$CXX`` or ``g++``) is on the PATH. It is used
@@ -46,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 
 __all__ = [
     "CONV_TARGET_NAME",
@@ -59,11 +62,13 @@ __all__ = [
     "LAYER_NORM_INT8_TARGET_NAME",
     "TABLE_REQUANTIZE_TARGET_NAME",
     "LAYER_NORM_TARGET_NAME",
+    "PARALLEL_CHECK_TARGET_NAME",
     "SOFTMAX_TARGET_NAME",
     "TARGET_NAME",
     "build_kernel",
     "kernel_status",
     "on_cpu",
+    "parallel_for_check",
     "register_kernel",
 ]
 
@@ -80,6 +85,7 @@ ATTENTION_TARGET_NAME = "aivm_int_attention"
 ATTENTION_INT8_TARGET_NAME = "aivm_int_attention_int8"
 LAYER_NORM_INT8_TARGET_NAME = "aivm_int_layer_norm_int8"
 TABLE_REQUANTIZE_TARGET_NAME = "aivm_int_table_requantize"
+PARALLEL_CHECK_TARGET_NAME = "aivm_parallel_for_check"
 SOURCES = tuple(
     Path(__file__).with_name("_native") / name
     for name in (
@@ -90,6 +96,7 @@ SOURCES = tuple(
         "int_add.cc",
         "int_attention.cc",
         "int_table.cc",
+        "parallel_check.cc",
     )
 )
 HEADERS = tuple(
@@ -212,6 +219,7 @@ def register_kernel() -> bool:
         (ATTENTION_INT8_TARGET_NAME, library.AivmIntAttentionInt8),
         (LAYER_NORM_INT8_TARGET_NAME, library.AivmIntLayerNormInt8),
         (TABLE_REQUANTIZE_TARGET_NAME, library.AivmIntTableRequantize),
+        (PARALLEL_CHECK_TARGET_NAME, library.AivmParallelForCheck),
     ]:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
@@ -228,6 +236,23 @@ def on_cpu(target: str, out, xla: Callable, *operands, vmap_method: str | None =
         return jax.ffi.ffi_call(target, out, vmap_method=vmap_method)(*args, **attrs)
 
     return lax.platform_dependent(*operands, cpu=kernel, default=xla)
+
+
+def parallel_for_check(work: np.ndarray, helpers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the kernels' parallel loop over ``len(work)`` tasks with ``helpers`` pool tasks
+    (task ``i`` spins ``work[i]`` pauses): ``(runs, by_caller)``, int32 ``(n,)`` each, how many
+    times task ``i`` ran and 1 where the calling thread ran it. Every ``runs`` must be 1.
+
+    Raises:
+      RuntimeError: the CPU kernels do not run here (`kernel_status` says why).
+    """
+    if not register_kernel():
+        raise RuntimeError(f"the CPU kernels do not run here: {kernel_status()}")
+    work = np.ascontiguousarray(work, dtype=np.int32)
+    out = (jax.ShapeDtypeStruct(work.shape, np.int32),) * 2
+    call = jax.ffi.ffi_call(PARALLEL_CHECK_TARGET_NAME, out)
+    runs, by_caller = call(work, helpers=np.int64(helpers))
+    return np.asarray(runs), np.asarray(by_caller)
 
 
 def kernel_status() -> str:
