@@ -22,6 +22,9 @@ shared library, registered as XLA FFI custom calls (CPU only):
   ``aivm_int_attention_int8``, the same followed by its requantize to int8;
 * ``aivm_int_table_requantize``: ``table`` then ``requantize`` to int8 (a
   transformer's GELU, ``int_table.cc``);
+* ``aivm_sha256_rows`` (a plain C function, not an FFI target): the SHA-256
+  row hashes of a result on the SHA extensions (``row_hash.cc``), used by
+  ``runtime/_hashing.py`` where the CPU has them (`native_library`);
 * ``aivm_parallel_for_check``: a self-test of the parallel loop all of them use
   (``parallel_check.cc``, `parallel_for_check`); no op runs through it.
 
@@ -67,6 +70,7 @@ __all__ = [
     "TARGET_NAME",
     "build_kernel",
     "kernel_status",
+    "native_library",
     "on_cpu",
     "parallel_for_check",
     "register_kernel",
@@ -97,6 +101,7 @@ SOURCES = tuple(
         "int_attention.cc",
         "int_table.cc",
         "parallel_check.cc",
+        "row_hash.cc",
     )
 )
 HEADERS = tuple(
@@ -253,6 +258,12 @@ def parallel_for_check(work: np.ndarray, helpers: int) -> tuple[np.ndarray, np.n
     call = jax.ffi.ffi_call(PARALLEL_CHECK_TARGET_NAME, out)
     runs, by_caller = call(work, helpers=np.int64(helpers))
     return np.asarray(runs), np.asarray(by_caller)
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The loaded kernels library (for its plain C functions), or None where the kernels do not
+    run here (`kernel_status` says why)."""
+    return _load()[0]
 
 
 def kernel_status() -> str:

@@ -25,7 +25,7 @@ from aivm_jax.ops._vnni import register_kernel
 from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
 from aivm_jax.runtime._fusion import fuse_chains
-from aivm_jax.runtime._hashing import output_hash, row_digests
+from aivm_jax.runtime._hashing import output_hash, row_hash_table
 
 __all__ = ["InferenceResult", "infer"]
 
@@ -283,11 +283,11 @@ def infer(
     else:
         raise ValueError(f"mode must be 'jit', 'eager' or 'reference', got {mode!r}")
     names = [s.name for s in program.outputs]
-    digests = row_digests(program.model_id, names, outs)
+    digests, hashes = row_hash_table(program.model_id, names, outs)
     return InferenceResult(
         model_id=program.model_id,
         outputs=outs[0],
         named_outputs=dict(zip(names, outs)),
-        row_hashes=tuple("0x" + d.hex() for d in digests),
+        row_hashes=tuple(hashes),
         output_hash=output_hash(program.model_id, digests),
     )
