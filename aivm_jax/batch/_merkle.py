@@ -12,6 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
+
+from aivm_jax.runtime._sha256 import sha256_many, shared
+
 __all__ = ["merkle_proof", "merkle_root", "verify_merkle_proof"]
 
 
@@ -23,22 +27,24 @@ def _node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _levels(row_hashes: Sequence[str]) -> list[list[bytes]]:
+def _levels(row_hashes: Sequence[str]) -> list[bytes]:
+    """Every level of the tree, leaves first, each its 32-byte nodes concatenated; a level's
+    nodes are hashed in one `sha256_many` call (one native call where it runs)."""
     if not row_hashes:
         raise ValueError("a Merkle root needs at least one row hash")
-    levels = [[_leaf(h) for h in row_hashes]]
-    while len(levels[-1]) > 1:
+    rows = np.frombuffer(b"".join(bytes.fromhex(h[2:]) for h in row_hashes), np.uint8)
+    levels = [sha256_many([shared(b"\x00"), (rows, 32, 32)], len(row_hashes))[0]]
+    while len(levels[-1]) > 32:
         level = levels[-1]
-        up = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            up.append(level[-1])
-        levels.append(up)
+        pairs = len(level) // 64
+        up = sha256_many([shared(b"\x01"), (np.frombuffer(level, np.uint8), 64, 64)], pairs)[0]
+        levels.append(up + level[64 * pairs :])  # an odd last node goes up unchanged
     return levels
 
 
 def merkle_root(row_hashes: Sequence[str]) -> str:
     """``0x`` + 64 hex digits over the row hashes in order."""
-    return "0x" + _levels(row_hashes)[-1][0].hex()
+    return "0x" + _levels(row_hashes)[-1].hex()
 
 
 def merkle_proof(row_hashes: Sequence[str], index: int) -> list[tuple[str, str]]:
@@ -46,8 +52,10 @@ def merkle_proof(row_hashes: Sequence[str], index: int) -> list[tuple[str, str]]
     path = []
     for level in _levels(row_hashes)[:-1]:
         sibling = index ^ 1
-        if sibling < len(level):
-            path.append(("L" if sibling < index else "R", "0x" + level[sibling].hex()))
+        if sibling < len(level) // 32:
+            path.append(
+                ("L" if sibling < index else "R", "0x" + level[32 * sibling : 32 * sibling + 32].hex())
+            )
         index //= 2
     return path
 

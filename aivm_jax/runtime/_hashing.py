@@ -10,20 +10,19 @@ way. Hashes print as ``0x`` + 64 hex digits, a ``bytes32``.
 A row hash depends only on the model and that row's outputs, so it is the
 same whatever batch the row was computed in.
 
-Row hashes are computed for all rows in one native call on the SHA extensions
-where the CPU kernels run and the CPU has them (``ops/_native/row_hash.cc``),
-else with hashlib row by row; the tests hold the two equal byte for byte.
+Row hashes of a batch are computed in one native call on the SHA extensions
+where they run (`aivm_jax.runtime._sha256`), else with hashlib row by row.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from aivm_jax.runtime._sha256 import Part, sha256_many, shared
 
 __all__ = ["input_hash", "output_hash", "row_digests", "row_hash_table", "row_header", "row_hashes"]
 
@@ -43,84 +42,27 @@ def row_header(name: str, dtype: str, row_shape: Sequence[int]) -> bytes:
     )
 
 
-def _row_parts(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]):
-    """Each row's message as parts: ``(bytes-like, bytes per row, stride)``; stride 0 for the
-    bytes every row shares (the prefix and the headers of later outputs)."""
+def _row_parts(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> list[Part]:
+    """Each row's message as parts (see `_sha256`): the prefix and the headers of later
+    outputs are shared, each output's row bytes (little-endian, C order) strided."""
     parts = []
     for i, (name, out) in enumerate(zip(names, outputs)):
         header = row_header(name, out.dtype.name, out.shape[1:])
-        shared = (b"aivm-row-v1" + _id_bytes(model_id) + header) if i == 0 else header
-        parts.append((np.frombuffer(shared, np.uint8), len(shared), 0))
+        parts.append(shared((b"aivm-row-v1" + _id_bytes(model_id) + header) if i == 0 else header))
         little = np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
         size = little.size // out.shape[0] if out.shape[0] else 0
         parts.append((little, size, size))
     return parts
 
 
-def _hashlib_rows(parts, rows: int) -> bytes:
-    """The row digests, concatenated, one hashlib object per row (the shared prefix hashed once)."""
-    first, *rest = parts
-    base = hashlib.sha256(first[0].tobytes())
-    views = [(memoryview(data), size, stride) for data, size, stride in rest]
-    digests = []
-    for row in range(rows):
-        h = base.copy()
-        for data, size, stride in views:
-            h.update(data[row * stride : row * stride + size])
-        digests.append(h.digest())
-    return b"".join(digests)
-
-
-NATIVE_MIN_ROWS = 32  # below it hashlib is faster (ctypes costs 5 us a call); 2x faster at 256 rows
-
-
-@functools.cache
-def _native_rows() -> Callable | None:
-    """``aivm_sha256_rows`` from the CPU kernels' library, or None (no library, no SHA extensions)."""
-    from aivm_jax.ops._vnni import native_library
-
-    library = native_library()
-    if library is None or not library.aivm_sha256_supported():
-        return None
-    function = library.aivm_sha256_rows
-    function.restype = None
-    function.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 5
-    return function
-
-
-def _address(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
-
-
-def _native_table(parts, rows: int) -> tuple[bytes, list[str]]:
-    count = len(parts)
-    data = (ctypes.c_void_p * count)(*[_address(p[0]) for p in parts])
-    sizes = (ctypes.c_int64 * count)(*[p[1] for p in parts])
-    strides = (ctypes.c_int64 * count)(*[p[2] for p in parts])
-    digests = ctypes.create_string_buffer(32 * rows)
-    hex_digits = ctypes.create_string_buffer(66 * rows)
-    _native_rows()(rows, count, data, sizes, strides, digests, hex_digits)
-    text = hex_digits.raw.decode("ascii")
-    return digests.raw, [text[i : i + 66] for i in range(0, 66 * rows, 66)]
-
-
 def row_hash_table(
     model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray], *, native: bool | None = None
 ) -> tuple[bytes, list[str]]:
     """All row hashes of a result (see `row_hashes`): the 32-byte digests concatenated, and
-    the ``0x`` strings. ``native``: None picks the SHA-extension path where it runs and the
-    batch has at least `NATIVE_MIN_ROWS` rows; True requires it (RuntimeError where it does
-    not run); False uses hashlib."""
-    rows = outputs[0].shape[0]
+    the ``0x`` strings. ``native`` as in `sha256_many` (None: the SHA extensions where they
+    run and the batch is large enough)."""
     parts = _row_parts(model_id, names, outputs)
-    if native is None:  # a short batch is cheaper in hashlib than through ctypes
-        native = rows >= NATIVE_MIN_ROWS and _native_rows() is not None
-    if native:
-        if _native_rows() is None:
-            raise RuntimeError("the native SHA-256 row hashes do not run here")
-        return _native_table(parts, rows)
-    blob = _hashlib_rows(parts, rows)
-    return blob, ["0x" + blob[i : i + 32].hex() for i in range(0, len(blob), 32)]
+    return sha256_many(parts, outputs[0].shape[0], native=native, hex_strings=True)
 
 
 def row_digests(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> list[bytes]:

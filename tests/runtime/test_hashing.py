@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from aivm_jax.ops._vnni import kernel_status
-from aivm_jax.runtime._hashing import _native_rows, output_hash, row_digests, row_hash_table, row_hashes
+from aivm_jax.runtime._hashing import output_hash, row_digests, row_hash_table, row_hashes
+from aivm_jax.runtime._sha256 import native_available
 
 MODEL_ID = "0x" + bytes(range(32)).hex()
-NATIVE = _native_rows() is not None
+NATIVE = native_available()
 
 
 def spec_row_hashes(model_id: str, names, outputs) -> list[str]:
@@ -43,7 +44,7 @@ def test_the_native_path_runs_wherever_the_kernels_and_the_sha_extensions_do():
         assert NATIVE  # CI's machines have both
     else:
         assert not NATIVE
-        with pytest.raises(RuntimeError, match="do not run here"):
+        with pytest.raises(RuntimeError, match="does not run here"):
             row_hash_table(MODEL_ID, ["y"], [np.zeros((1, 2), np.int8)], native=True)
 
 
