@@ -275,10 +275,10 @@ def infer(
             outs = [np.asarray(o) for o in evaluate(program, feeds, params, "lowering")]
     elif mode == "jit":
         entry = _compiled_for(program)
-        if devices is None:
+        chosen = None if devices is None else jax.local_devices() if devices == "all" else list(devices)
+        if chosen is None or chosen == [jax.devices()[0]]:  # JAX's default device alone: no mesh
             outs = [np.asarray(o) for o in entry.run_local(feeds)]
         else:
-            chosen = jax.local_devices() if devices == "all" else list(devices)
             outs = _run_sharded(entry, feeds, chosen)
     else:
         raise ValueError(f"mode must be 'jit', 'eager' or 'reference', got {mode!r}")
