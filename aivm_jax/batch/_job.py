@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from aivm_jax._errors import BatchJobError, InputFileError, InputShapeError
-from aivm_jax.batch._merkle import merkle_root
+from aivm_jax.batch._merkle import merkle_root_of_digests
 from aivm_jax.program import Program, load
-from aivm_jax.runtime import infer, output_hash, read_input_file, read_named_inputs, row_hashes
+from aivm_jax.runtime import infer, output_hash, read_input_file, read_named_inputs
+from aivm_jax.runtime._hashing import digests_from_hex, row_hash_table
 
 __all__ = ["BatchResult", "init_distributed", "read_batch_inputs", "run_batch"]
 
@@ -116,25 +117,29 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / "chunks" / f"{index:08d}.npz"
 
 
-def _load_chunk(program: Program, path: Path, rows: int) -> tuple[dict[str, np.ndarray], list[str]] | None:
-    """A stored chunk if it is whole and its outputs re-hash to its row hashes; else None."""
+def _load_chunk(
+    program: Program, path: Path, rows: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, bytes] | None:
+    """A stored chunk if it is whole and its outputs re-hash to its row hashes: its outputs, its
+    row hashes (a string array) and their digests; else None."""
     try:
         with np.load(path) as archive:
             outs = {s.name: archive[f"out.{s.name}"] for s in program.outputs}
-            hashes = [str(h) for h in archive["row_hashes"]]
+            hashes = archive["row_hashes"]
+        stored = digests_from_hex(hashes)
     except (OSError, ValueError, KeyError, EOFError):
         return None
     names = [s.name for s in program.outputs]
-    if len(hashes) != rows or any(o.shape[0] != rows for o in outs.values()):
+    if hashes.shape != (rows,) or any(o.shape[0] != rows for o in outs.values()):
         return None
-    if row_hashes(program.model_id, names, [outs[n] for n in names]) != hashes:
+    if row_hash_table(program.model_id, names, [outs[n] for n in names])[0] != stored:
         return None
-    return outs, hashes
+    return outs, hashes, stored
 
 
-def _save_chunk(path: Path, outs: Mapping[str, np.ndarray], hashes: list[str]) -> None:
+def _save_chunk(path: Path, outs: Mapping[str, np.ndarray], hashes: np.ndarray) -> None:
     arrays = {f"out.{k}": v for k, v in outs.items()}
-    arrays["row_hashes"] = np.array(hashes)
+    arrays["row_hashes"] = hashes
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -213,21 +218,27 @@ def run_batch(
     mine = list(range(process, chunks, processes))
     local = jax.local_devices() if devices == "all" else devices
     computed = reused = 0
+    verified: dict[int, tuple[dict[str, np.ndarray], np.ndarray, bytes]] = {}  # this process's chunks
     for done, index in enumerate(mine, start=1):
         start, stop = index * chunk_rows, min((index + 1) * chunk_rows, total)
         path = _chunk_path(out_dir, index)
-        if path.exists() and _load_chunk(program, path, stop - start) is not None:
+        loaded = _load_chunk(program, path, stop - start) if path.exists() else None
+        if loaded is not None:
             reused += 1
         else:
             feeds = {name: np.asarray(a[start:stop]) for name, a in inputs.items()}
             result = infer(program, feeds, devices=local)
-            _save_chunk(path, result.named_outputs, list(result.row_hashes))
+            hashes = np.array(result.row_hashes)
+            _save_chunk(path, result.named_outputs, hashes)
+            loaded = (result.named_outputs, hashes, digests_from_hex(hashes))
             computed += 1
+        if process == 0:  # it assembles the result; the others' chunks are read from disk
+            verified[index] = loaded
         if progress is not None:
             progress(done, len(mine))
     _barrier("aivm-batch-chunks", processes)
-    if process == 0:
-        _assemble(program, out_dir, total, chunk_rows, chunks)
+    if process == 0:  # the chunks it checked or wrote itself are not read again
+        _assemble(program, out_dir, total, chunk_rows, chunks, verified)
     _barrier("aivm-batch-result", processes)
     summary = json.loads((out_dir / "result.json").read_text())
     return BatchResult(
@@ -241,27 +252,37 @@ def run_batch(
     )
 
 
-def _assemble(program: Program, out_dir: Path, total: int, chunk_rows: int, chunks: int) -> None:
+def _assemble(
+    program: Program,
+    out_dir: Path,
+    total: int,
+    chunk_rows: int,
+    chunks: int,
+    verified: Mapping[int, tuple[dict[str, np.ndarray], np.ndarray, bytes]],
+) -> None:
     outs: dict[str, list[np.ndarray]] = {s.name: [] for s in program.outputs}
-    hashes: list[str] = []
+    hashes: list[np.ndarray] = []
+    digests: list[bytes] = []
     for index in range(chunks):
         rows = min(chunk_rows, total - index * chunk_rows)
-        loaded = _load_chunk(program, _chunk_path(out_dir, index), rows)
+        loaded = verified.get(index) or _load_chunk(program, _chunk_path(out_dir, index), rows)
         if loaded is None:
             raise BatchJobError(
                 f"chunk {index} of {out_dir} is missing or corrupt after every process finished"
             )
         for name, array in loaded[0].items():
             outs[name].append(array)
-        hashes.extend(loaded[1])
+        hashes.append(loaded[1])
+        digests.append(loaded[2])
     merged = {name: np.concatenate(parts) for name, parts in outs.items()}
     _atomic_write(out_dir / "outputs.npz", lambda f: np.savez(f, **merged))
-    _atomic_write(out_dir / "row_hashes.txt", lambda f: f.write("\n".join(hashes) + "\n"), "w")
+    lines = "\n".join(np.concatenate(hashes).astype(str).tolist()) + "\n"
+    _atomic_write(out_dir / "row_hashes.txt", lambda f: f.write(lines), "w")
     summary = {
         "model_id": program.model_id,
         "rows": total,
-        "merkle_root": merkle_root(hashes),
-        "output_hash": output_hash(program.model_id, hashes),
+        "merkle_root": merkle_root_of_digests(b"".join(digests)),
+        "output_hash": output_hash(program.model_id, b"".join(digests)),
     }
     _atomic_write(out_dir / "result.json", lambda f: f.write(json.dumps(summary, indent=1)), "w")
 

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aivm_jax.runtime._hashing import digests_from_hex
 from aivm_jax.runtime._sha256 import sha256_many, shared
 
-__all__ = ["merkle_proof", "merkle_root", "verify_merkle_proof"]
+__all__ = ["merkle_proof", "merkle_root", "merkle_root_of_digests", "verify_merkle_proof"]
 
 
 def _leaf(row_hash: str) -> bytes:
@@ -27,13 +28,14 @@ def _node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _levels(row_hashes: Sequence[str]) -> list[bytes]:
-    """Every level of the tree, leaves first, each its 32-byte nodes concatenated; a level's
-    nodes are hashed in one `sha256_many` call (one native call where it runs)."""
-    if not row_hashes:
+def _levels(digests: bytes) -> list[bytes]:
+    """Every level of the tree over the row digests (32 bytes each, concatenated), leaves
+    first, each its nodes concatenated; a level is one `sha256_many` call (one native call
+    where it runs)."""
+    if not digests:
         raise ValueError("a Merkle root needs at least one row hash")
-    rows = np.frombuffer(b"".join(bytes.fromhex(h[2:]) for h in row_hashes), np.uint8)
-    levels = [sha256_many([shared(b"\x00"), (rows, 32, 32)], len(row_hashes))[0]]
+    rows = np.frombuffer(digests, np.uint8)
+    levels = [sha256_many([shared(b"\x00"), (rows, 32, 32)], len(digests) // 32)[0]]
     while len(levels[-1]) > 32:
         level = levels[-1]
         pairs = len(level) // 64
@@ -44,13 +46,20 @@ def _levels(row_hashes: Sequence[str]) -> list[bytes]:
 
 def merkle_root(row_hashes: Sequence[str]) -> str:
     """``0x`` + 64 hex digits over the row hashes in order."""
-    return "0x" + _levels(row_hashes)[-1].hex()
+    return merkle_root_of_digests(digests_from_hex(row_hashes))
+
+
+def merkle_root_of_digests(digests: bytes) -> str:
+    """`merkle_root` of the row hashes given as their 32-byte digests, concatenated."""
+    if len(digests) % 32:
+        raise ValueError("concatenated row digests must be a multiple of 32 bytes")
+    return "0x" + _levels(digests)[-1].hex()
 
 
 def merkle_proof(row_hashes: Sequence[str], index: int) -> list[tuple[str, str]]:
     """Sibling path of row ``index``: ``[(side, 0x-hash), ...]`` from the leaf up; side is ``"L"`` or ``"R"``."""
     path = []
-    for level in _levels(row_hashes)[:-1]:
+    for level in _levels(digests_from_hex(row_hashes))[:-1]:
         sibling = index ^ 1
         if sibling < len(level) // 32:
             path.append(

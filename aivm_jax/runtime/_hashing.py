@@ -24,7 +24,19 @@ import numpy as np
 
 from aivm_jax.runtime._sha256 import Part, sha256_many, shared
 
-__all__ = ["input_hash", "output_hash", "row_digests", "row_hash_table", "row_header", "row_hashes"]
+__all__ = [
+    "digests_from_hex",
+    "input_hash",
+    "output_hash",
+    "row_digests",
+    "row_hash_table",
+    "row_header",
+    "row_hashes",
+]
+
+_NIBBLE = np.full(256, 255, np.uint8)  # ASCII byte -> hex digit value; 255: not a hex digit
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 
 
 def _id_bytes(model_id: str) -> bytes:
@@ -63,6 +75,25 @@ def row_hash_table(
     run and the batch is large enough)."""
     parts = _row_parts(model_id, names, outputs)
     return sha256_many(parts, outputs[0].shape[0], native=native, hex_strings=True)
+
+
+def digests_from_hex(hashes: Sequence[str] | np.ndarray) -> bytes:
+    """``0x`` + 64-hex-digit hashes (a list, or a numpy string array) -> their 32-byte
+    digests concatenated, decoded for all rows at once.
+
+    Raises:
+      ValueError: a hash that is not ``0x`` and 64 hex digits.
+    """
+    text = np.asarray(hashes)
+    if text.size == 0:
+        return b""
+    if text.dtype.kind not in "US" or text.dtype.itemsize not in (66, 66 * 4):
+        raise ValueError("row hashes must be '0x' and 64 hex digits")
+    chars = np.frombuffer(text.astype("S66").tobytes(), np.uint8).reshape(-1, 66)
+    values = _NIBBLE[chars[:, 2:]]
+    if (chars[:, 0] != ord("0")).any() or (chars[:, 1] != ord("x")).any() or (values == 255).any():
+        raise ValueError("row hashes must be '0x' and 64 hex digits")
+    return (values[:, 0::2] * 16 + values[:, 1::2]).astype(np.uint8).tobytes()
 
 
 def row_digests(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> list[bytes]:

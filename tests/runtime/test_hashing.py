@@ -107,3 +107,16 @@ def test_the_output_hash_takes_strings_digests_or_their_concatenation():
     assert output_hash(MODEL_ID, blob) == "0x" + spec
     with pytest.raises(ValueError, match="multiple of 32"):
         output_hash(MODEL_ID, blob[:-1])
+
+
+def test_hex_hashes_decode_to_their_digests_all_at_once():
+    from aivm_jax.runtime._hashing import digests_from_hex
+
+    out = np.arange(300, dtype=np.int32).reshape(30, 10)
+    blob, hashes = row_hash_table(MODEL_ID, ["y"], [out])
+    assert digests_from_hex(hashes) == blob == digests_from_hex(np.array(hashes))
+    assert digests_from_hex([h.upper().replace("0X", "0x") for h in hashes]) == blob
+    assert digests_from_hex([]) == b""
+    for bad in ("0x" + "g" * 64, "0y" + "0" * 64, "0x" + "0" * 63, hashes[0] + "0", "1x" + hashes[0][2:]):
+        with pytest.raises(ValueError, match="64 hex digits"):
+            digests_from_hex([hashes[0], bad])
