@@ -16,6 +16,7 @@ where they run (`aivm_jax.runtime._sha256`), else with hashlib row by row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -43,8 +44,18 @@ def _id_bytes(model_id: str) -> bytes:
     return bytes.fromhex(model_id[2:])
 
 
+@functools.lru_cache(maxsize=1024)
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype.name  # numpy builds this string on every access
+
+
 def row_header(name: str, dtype: str, row_shape: Sequence[int]) -> bytes:
     """The bytes that precede one output's row data in a row hash."""
+    return _row_header(name, dtype, tuple(int(d) for d in row_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_header(name: str, dtype: str, row_shape: tuple[int, ...]) -> bytes:
     encoded = name.encode()
     return (
         struct.pack("<H", len(encoded))
@@ -59,7 +70,7 @@ def _row_parts(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray
     outputs are shared, each output's row bytes (little-endian, C order) strided."""
     parts = []
     for i, (name, out) in enumerate(zip(names, outputs)):
-        header = row_header(name, out.dtype.name, out.shape[1:])
+        header = _row_header(name, _dtype_name(out.dtype), out.shape[1:])
         parts.append(shared((b"aivm-row-v1" + _id_bytes(model_id) + header) if i == 0 else header))
         little = np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
         size = little.size // out.shape[0] if out.shape[0] else 0

@@ -182,17 +182,25 @@ def _checked_input(spec: ValueSpec, value: Any) -> np.ndarray:
         )
     if array.shape[0] == 0:
         raise InputShapeError(f"input {spec.name!r} has an empty batch; pass at least one row")
-    info = np.iinfo(spec.dtype)
     allowed, what = (
-        (spec.bounds, "its declared bounds") if spec.bounds else ((info.min, info.max), spec.dtype)
+        (spec.bounds, "its declared bounds") if spec.bounds else (_range_of(spec.dtype), spec.dtype)
     )
-    low, high = int(array.min()), int(array.max())
-    if low < allowed[0] or high > allowed[1]:
-        raise InputRangeError(
-            f"input {spec.name!r} holds values in [{low}, {high}], outside {what} "
-            f"[{allowed[0]}, {allowed[1]}]"
-        )
-    return array.astype(spec.dtype)
+    given = _range_of(array.dtype)
+    if given[0] < allowed[0] or given[1] > allowed[1]:  # else every value of its dtype is allowed
+        low, high = int(array.min()), int(array.max())
+        if low < allowed[0] or high > allowed[1]:
+            raise InputRangeError(
+                f"input {spec.name!r} holds values in [{low}, {high}], outside {what} "
+                f"[{allowed[0]}, {allowed[1]}]"
+            )
+    return array.astype(spec.dtype, copy=False)
+
+
+@functools.cache
+def _range_of(dtype) -> tuple[int, int]:
+    """The inclusive value range of an integer dtype."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:

@@ -61,12 +61,23 @@ def test_wider_integer_dtypes_are_accepted_when_values_fit(shipped_program, fixe
         (lambda x: x[:0], InputShapeError, "empty batch"),
         (lambda x: x.astype(np.int32) + 200, InputRangeError, r"\[-128, 127\]"),
         (lambda x: x.astype(np.int32) - 300, InputRangeError, "outside int8"),
+        (lambda x: (x.astype(np.int16) + 128).astype(np.uint8), InputRangeError, r"\[-128, 127\]"),
         (lambda x: {"wrong": x}, InputShapeError, "program inputs"),
     ],
 )
 def test_bad_inputs_get_typed_errors(shipped_program, fixed_inputs, make, error, message):
     with pytest.raises(error, match=message):
         aivm_jax.infer(shipped_program, make(fixed_inputs))
+
+
+def test_any_integer_dtype_holding_in_range_values_is_accepted(shipped_program, fixed_inputs):
+    # the values are read only where the array's dtype could exceed the input's range
+    want = aivm_jax.infer(shipped_program, fixed_inputs).row_hashes
+    for dtype in (np.int8, np.int16, np.int64):
+        assert aivm_jax.infer(shipped_program, fixed_inputs.astype(dtype)).row_hashes == want
+    edges = fixed_inputs.astype(np.int8)
+    edges.reshape(len(edges), -1)[:, :2] = [-128, 127]  # the whole int8 range is allowed
+    assert len(aivm_jax.infer(shipped_program, edges).row_hashes) == len(edges)
 
 
 def test_typed_errors_are_also_builtins():
