@@ -77,7 +77,10 @@ def test_any_integer_dtype_holding_in_range_values_is_accepted(shipped_program, 
         assert aivm_jax.infer(shipped_program, fixed_inputs.astype(dtype)).row_hashes == want
     edges = fixed_inputs.astype(np.int8)
     edges.reshape(len(edges), -1)[:, :2] = [-128, 127]  # the whole int8 range is allowed
-    assert len(aivm_jax.infer(shipped_program, edges).row_hashes) == len(edges)
+    before = edges.copy()
+    for mode in ("jit", "eager", "reference"):  # an input already in its dtype is not copied
+        assert len(aivm_jax.infer(shipped_program, edges, mode=mode).row_hashes) == len(edges)
+        np.testing.assert_array_equal(edges, before)  # ... and not written to either
 
 
 def test_typed_errors_are_also_builtins():
