@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,8 @@ def shared(data: bytes) -> Part:
 
 @functools.cache
 def _native() -> Callable | None:
+    """``aivm_sha256_rows`` where the kernels' library loads, the CPU has the SHA extensions and
+    the function passes `_agrees_with_hashlib`; else None."""
     from aivm_jax.ops._vnni import native_library
 
     library = native_library()
@@ -40,7 +43,23 @@ def _native() -> Callable | None:
     function = library.aivm_sha256_rows
     function.restype = None
     function.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 5
-    return function
+    return function if _agrees_with_hashlib(function) else None
+
+
+def _agrees_with_hashlib(function: Callable) -> bool:
+    """Whether ``function`` hashes messages of every length from 0 to 130 bytes (each padding
+    case, one and two blocks) as hashlib does; warns if not. A hash is consensus data, so a
+    native path that disagrees here is never used."""
+    probe = (np.arange(3 * 131, dtype=np.uint32) * 37).astype(np.uint8)
+    for size in range(131):  # 3 messages of `size` bytes each
+        digests, _ = _native_many([(probe, size, 131)], 3, False, function)
+        want = b"".join(hashlib.sha256(probe[i * 131 : i * 131 + size].tobytes()).digest() for i in range(3))
+        if digests != want:
+            warnings.warn(
+                "the native SHA-256 disagrees with hashlib here; using hashlib", RuntimeWarning, stacklevel=2
+            )
+            return False
+    return True
 
 
 def native_available() -> bool:
@@ -52,14 +71,16 @@ def _address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
 
 
-def _native_many(parts: Sequence[Part], count: int, hex_strings: bool) -> tuple[bytes, list[str] | None]:
+def _native_many(
+    parts: Sequence[Part], count: int, hex_strings: bool, function: Callable | None = None
+) -> tuple[bytes, list[str] | None]:
     n = len(parts)
     data = (ctypes.c_void_p * n)(*[_address(p[0]) for p in parts])
     sizes = (ctypes.c_int64 * n)(*[p[1] for p in parts])
     strides = (ctypes.c_int64 * n)(*[p[2] for p in parts])
     digests = ctypes.create_string_buffer(32 * count)
     hex_digits = ctypes.create_string_buffer(66 * count) if hex_strings else None
-    _native()(count, n, data, sizes, strides, digests, hex_digits)
+    (function or _native())(count, n, data, sizes, strides, digests, hex_digits)
     if hex_digits is None:
         return digests.raw, None
     text = hex_digits.raw.decode("ascii")

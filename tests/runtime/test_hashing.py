@@ -120,3 +120,19 @@ def test_hex_hashes_decode_to_their_digests_all_at_once():
     for bad in ("0x" + "g" * 64, "0y" + "0" * 64, "0x" + "0" * 63, hashes[0] + "0", "1x" + hashes[0][2:]):
         with pytest.raises(ValueError, match="64 hex digits"):
             digests_from_hex([hashes[0], bad])
+
+
+def test_a_native_function_that_disagrees_with_hashlib_is_never_used():
+    import ctypes
+
+    from aivm_jax.runtime._sha256 import _agrees_with_hashlib, _native
+
+    def off_by_one_bit(count, parts, data, sizes, strides, digests, hex_digits):
+        _native()(count, parts, data, sizes, strides, digests, hex_digits)
+        if count and ctypes.c_int64(sizes[0]).value == 100:  # wrong for one length only
+            ctypes.cast(digests, ctypes.POINTER(ctypes.c_uint8))[31] ^= 1
+
+    if NATIVE:
+        assert _agrees_with_hashlib(_native())
+        with pytest.warns(RuntimeWarning, match="disagrees with hashlib"):
+            assert not _agrees_with_hashlib(off_by_one_bit)
