@@ -8,6 +8,8 @@ taken by the others: the path a descheduled helper takes on a busy machine.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,9 @@ def test_a_thread_through_its_range_takes_tasks_from_the_others(helpers):
         runs, by_caller = parallel_for_check(work, helpers)
         np.testing.assert_array_equal(runs, np.ones(tasks, np.int32))
         assert by_caller[:own].all()  # its own range, by itself
-        assert 0 < by_caller[own:].sum() < tasks - own, by_caller  # some of the others' tasks
+        assert by_caller[own:].sum() > 0, by_caller  # some of the others' tasks
+        if (os.cpu_count() or 1) > 1:  # and with a second core, not all of them
+            assert by_caller[own:].sum() < tasks - own, by_caller
         if helpers == 1:  # the one other range: the caller took a run of tasks from its back
             taken = np.flatnonzero(by_caller[own:])
             np.testing.assert_array_equal(taken, np.arange(tasks - own - taken.size, tasks - own))
