@@ -20,12 +20,15 @@ from aivm_jax.runtime._sha256 import sha256_many, shared
 __all__ = ["merkle_proof", "merkle_root", "merkle_root_of_digests", "verify_merkle_proof"]
 
 
+LEAF, NODE = b"\x00", b"\x01"  # the domain-separation prefixes
+
+
 def _leaf(row_hash: str) -> bytes:
-    return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash[2:])).digest()
+    return hashlib.sha256(LEAF + bytes.fromhex(row_hash[2:])).digest()
 
 
 def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return hashlib.sha256(NODE + left + right).digest()
 
 
 def _levels(digests: bytes) -> list[bytes]:
@@ -35,11 +38,11 @@ def _levels(digests: bytes) -> list[bytes]:
     if not digests:
         raise ValueError("a Merkle root needs at least one row hash")
     rows = np.frombuffer(digests, np.uint8)
-    levels = [sha256_many([shared(b"\x00"), (rows, 32, 32)], len(digests) // 32)[0]]
+    levels = [sha256_many([shared(LEAF), (rows, 32, 32)], len(digests) // 32)[0]]
     while len(levels[-1]) > 32:
         level = levels[-1]
         pairs = len(level) // 64
-        up = sha256_many([shared(b"\x01"), (np.frombuffer(level, np.uint8), 64, 64)], pairs)[0]
+        up = sha256_many([shared(NODE), (np.frombuffer(level, np.uint8), 64, 64)], pairs)[0]
         levels.append(up + level[64 * pairs :])  # an odd last node goes up unchanged
     return levels
 
