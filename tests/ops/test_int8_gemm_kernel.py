@@ -1,7 +1,7 @@
 """The AVX-512 VNNI int8 GEMM kernel: it runs where the CPU allows it and equals the int64 product bit for bit.
 
 Shapes cover every edge of the kernel's blocking: K not a multiple of 4 and
-across the 512-k passes, N across the 16/32/48-column panels, M across the
+across the 4096-k passes, N across the 16/32/48-column panels, M across the
 8-row tiles and 64-row tasks, products large enough for the thread split, and
 sums that wrap modulo 2**32.
 """
@@ -40,6 +40,10 @@ EDGE_SHAPES = [  # (M, K, N)
     (130, 513, 48),
     (37, 1029, 61),
     (3, 2048, 100),
+    (64, 4096, 32),  # exactly one K pass of 4096
+    (130, 4097, 48),  # two K passes, the second of one 4-byte group (K not a multiple of 4)
+    (37, 8195, 61),  # three K passes, a ragged panel and a short last row tile
+    (300, 4200, 97),  # threaded, two K passes
     (300, 700, 97),  # over the serial threshold: rows x panel tasks on the thread pool
     (203, 128, 94),  # threaded, one K pass, a ragged panel and a short last row tile
     (1030, 66, 40),  # threaded, K not a multiple of 4, a last row task of 6 rows
@@ -275,7 +279,7 @@ def test_add_kernel_equals_the_reference(out_dtype, per_channel):
     ("lead", "m", "k", "n", "low", "high"),
     [
         ((3, 4), 17, 130, 33, 0, 2**15 + 1),  # attention probabilities: two byte planes, two skipped
-        ((2,), 9, 600, 50, -(2**31), 2**31),  # every plane, K over one 512-k pass, sums that wrap
+        ((2,), 9, 4200, 50, -(2**31), 2**31),  # every plane, K over one 4096-k pass, sums that wrap
         ((5,), 8, 4, 16, -1, 2),  # the sign byte alone
         ((1,), 3, 7, 1, 0, 1),  # all zero: every plane skipped
     ],

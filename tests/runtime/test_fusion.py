@@ -81,8 +81,8 @@ def test_a_chain_whose_intermediate_is_read_elsewhere_is_not_fused():
 
 def test_dense_keeps_leading_axes_and_matches_the_unfused_lowering():
     rng = np.random.default_rng(3)
-    x = rng.integers(-128, 128, (3, 5, 600), dtype=np.int8)  # K over one 512-k pass
-    w = rng.integers(-128, 128, (600, 20), dtype=np.int8)
+    x = rng.integers(-128, 128, (3, 5, 4200), dtype=np.int8)  # K over one 4096-k pass
+    w = rng.integers(-128, 128, (4200, 20), dtype=np.int8)
     b = rng.integers(-1000, 1000, (20,), dtype=np.int32)
     m, s = np.int32(23_000), np.int32(20)  # per-tensor scalars
     got = jax.jit(lambda *a: dense(*a, out_dtype="int8", relu=True))(x, w, b, m, s)
