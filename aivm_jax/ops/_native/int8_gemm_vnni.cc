@@ -122,6 +122,27 @@ __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, 
 #define AIVM_ROW_DECL(r) __m512i c##r##0 = i0, c##r##1 = i1, c##r##2 = i2;
   AIVM_FOR_ROWS(AIVM_ROW_DECL)
 #undef AIVM_ROW_DECL
+  if constexpr (!kRagged) {
+    // The first k group (kc4 >= 1) adds onto the column starts directly, which spares the MR x NV
+    // register copies above: digits fc1 (K = 64) -3%, K >= 128 within +-1%. The ragged kernel
+    // keeps the copies: with its extra live values this form spills registers, 18% slower.
+    const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+    const __m512i b0 = _mm512_loadu_si512(bp);
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : b0;
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : b0;
+#define AIVM_FIRST_STEP(r)                                                                 \
+  {                                                                                        \
+    const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(load_word(ap + r * lda)), flip); \
+    c##r##0 = _mm512_dpbusd_epi32(i0, a, b0);                                              \
+    if constexpr (NV > 1) c##r##1 = _mm512_dpbusd_epi32(i1, a, b1);                        \
+    if constexpr (NV > 2) c##r##2 = _mm512_dpbusd_epi32(i2, a, b2);                        \
+  }
+    AIVM_FOR_ROWS(AIVM_FIRST_STEP)
+#undef AIVM_FIRST_STEP
+    ap += 4;
+    bp += 64 * NV;
+    kc4 -= 1;
+  }
   AIVM_K_LOOP
 #define AIVM_STORE(r, v, x, previous)                                                          \
   if (!kRagged || how[v] == VectorStore::kFull)                                               \
