@@ -71,6 +71,23 @@ using aivm::round_up;
   }
 #define AIVM_FOR_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
+// 16 int32 to p (any alignment): one 512-bit store, or two 256-bit ones when kHalves. On this
+// EPYC a 512-bit store takes issue slots from VPDPBUSD (a loop of 24 VPDPBUSD ran 19% slower with
+// 3 zmm stores added, 12% with the same bytes as 6 ymm stores). Where a tile's stores are frequent,
+// halves are faster: K = 128 products -1 to -3%, fc1 (K = 64) -7% (the two builds alternating in one
+// process on the same operands) and +2-3% of onnxruntime's rate in alternating processes; at
+// K = 512 they were 1-2% slower there, so tiles of K up to kHalfStoresUpToK only.
+constexpr int64_t kHalfStoresUpToK = 256;
+template <bool kHalves>
+inline void store_vector(int32_t* p, __m512i x) {
+  if constexpr (kHalves) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 8), _mm512_extracti64x4_epi64(x, 1));
+  } else {
+    _mm512_storeu_si512(p, x);
+  }
+}
+
 // A 4-byte group of a row (any alignment) as one int32.
 inline int32_t load_word(const int8_t* p) {
   int32_t w;
@@ -110,7 +127,8 @@ enum class VectorStore : uint8_t { kFull, kShifted, kSpill, kNone };
 // (`shift`) are the full vector's last 16 - left columns and its own first `left`, so the store
 // ends exactly at column N and rewrites those columns with the values they already hold. Any other
 // partial vector goes to `spill` (MR x NV x 16 int32) for the caller to store under its mask.
-template <int NV, bool kRagged>
+// kHalves: C's vectors are stored as 256-bit halves (store_vector).
+template <int NV, bool kRagged, bool kHalves>
 __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, int64_t lda,
                                                    const int8_t* __restrict bp, int64_t kc4,
                                                    const int32_t* __restrict init, int32_t* __restrict c,
@@ -146,9 +164,9 @@ __attribute__((noinline)) void micro_kernel_direct(const int8_t* __restrict ap, 
   AIVM_K_LOOP
 #define AIVM_STORE(r, v, x, previous)                                                          \
   if (!kRagged || how[v] == VectorStore::kFull)                                               \
-    _mm512_storeu_si512(c + r * N + 16 * v, x);                                               \
+    store_vector<kHalves>(c + r * N + 16 * v, x);                                             \
   else if (how[v] == VectorStore::kShifted)                                                   \
-    _mm512_storeu_si512(c + r * N + shift_at, _mm512_permutex2var_epi32(previous, shift, x)); \
+    store_vector<kHalves>(c + r * N + shift_at, _mm512_permutex2var_epi32(previous, shift, x)); \
   else if (how[v] == VectorStore::kSpill)                                                     \
     _mm512_store_si512(spill + (r * NV + v) * 16, x);
 #define AIVM_ROW_STORE(r)                                    \
@@ -281,11 +299,14 @@ void compute_block(const int8_t* a, const int8_t* bpk, const int32_t* init, int3
         const int64_t lda = copied ? kc : K;
         int32_t* crow = c + ir * N + jr;
         if (one_pass && mv == MR) {
+          const bool halves = kc <= kHalfStoresUpToK;
           if (!ragged) {
-            micro_kernel_direct<NV, false>(ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
+            (halves ? micro_kernel_direct<NV, false, true> : micro_kernel_direct<NV, false, false>)(
+                ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
             continue;
           }
-          micro_kernel_direct<NV, true>(ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
+          (halves ? micro_kernel_direct<NV, true, true> : micro_kernel_direct<NV, true, false>)(
+              ap, lda, bp, kc / 4, init + jr, crow, N, how, shift, shift_at, tile);
           if (spills)
             for (int64_t r = 0; r < MR; ++r)
               for (int64_t v = 0; v < NV; ++v)
