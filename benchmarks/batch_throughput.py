@@ -27,17 +27,15 @@ from pathlib import Path
 import jax
 import numpy as np
 from _timing import machine_line
-from zoo_throughput import _ort_qdq_session
+from zoo_throughput import digits_peers
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
 from aivm_jax.batch import merkle_root, run_batch
 from aivm_jax.models import (
     DIGITS_RECIPES,
     PIXEL_SCALE,
-    SequentialNet,
     build,
     load_digits_data,
-    train_float_model,
 )
 from aivm_jax.ops._vnni import kernel_status
 from aivm_jax.runtime import infer
@@ -68,11 +66,7 @@ def main() -> None:
     x_int = np.resize(data.x_test, (args.rows, 64)).reshape((args.rows, *recipe.input_shape))
     x_float = (x_int * PIXEL_SCALE).astype(np.float32)
     starts = range(0, args.rows, args.chunk_rows)
-    params = train_float_model(recipe)
-    net = SequentialNet(layers=recipe.layers)
-    float_fn = jax.jit(lambda p, x: net.apply({"params": p}, x))
-    calibration = (data.x_train[:256] * PIXEL_SCALE).astype(np.float32).reshape((-1, *recipe.input_shape))
-    session = _ort_qdq_session(recipe, params, calibration)
+    params, float_fn, session = digits_peers(recipe, data)
     print(f"{machine_line()}; engine: {kernel_status()}")
     print(f"{MODEL}: {args.rows} rows in chunks of {args.chunk_rows}; rows per second")
 

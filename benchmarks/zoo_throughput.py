@@ -52,6 +52,17 @@ def _ort_qdq_session(recipe, params, calibration: np.ndarray):
     return qdq_session(write, [{"x": calibration[i : i + 1]} for i in range(len(calibration))])
 
 
+def digits_peers(recipe, data):
+    """The peers of a digits recipe: ``(params, float_fn, session)``, the float Flax model's
+    trained parameters, its jitted apply ``float_fn(params, x)`` (float32 in, logits out), and
+    onnxruntime's QDQ int8 session calibrated on 256 training images (None without onnxruntime)."""
+    params = train_float_model(recipe)
+    net = SequentialNet(layers=recipe.layers)
+    float_fn = jax.jit(lambda p, x: net.apply({"params": p}, x))
+    calibration = (data.x_train[:256] * PIXEL_SCALE).astype(np.float32).reshape((-1, *recipe.input_shape))
+    return params, float_fn, _ort_qdq_session(recipe, params, calibration)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
@@ -67,13 +78,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, recipe in DIGITS_RECIPES.items():
-        params = train_float_model(recipe)
+        params, float_fn, session = digits_peers(recipe, data)
         program = build(name)
-        net = SequentialNet(layers=recipe.layers)
-        float_fn = jax.jit(lambda p, x, net=net: net.apply({"params": p}, x))
         entry = _compiled_for(program)
-        calibration = (data.x_train[:256] * PIXEL_SCALE).astype(np.float32).reshape((-1, *recipe.input_shape))
-        session = _ort_qdq_session(recipe, params, calibration)
         for batch in (1, 256):
             x_int = np.resize(data.x_test, (batch, 64)).reshape((batch, *recipe.input_shape))
             x_host = (x_int * PIXEL_SCALE).astype(np.float32)
