@@ -1,9 +1,11 @@
 """Integer AIVM inference vs the same float model in JAX and vs onnxruntime running it quantized (QDQ int8).
 
-    .venv/bin/python benchmarks/zoo_throughput.py [--repeats N]
+    .venv/bin/python benchmarks/zoo_throughput.py [--rounds N]
 
-Every contender runs in this process on the same inputs (median of N timed
-calls after warm-up). "aivm jit" is the compiled integer program alone, called
+Every contender runs in this process on the same inputs, after warm-up; the
+contenders take turns, N rounds of at least 0.1 s of calls each, and each
+figure is the median over all its calls (`_timing.interleaved_medians`, as in
+`int8_gemm.py`). "aivm jit" is the compiled integer program alone, called
 as `infer` calls it (small programs carry their parameters as compiled
 constants); "aivm infer" is the full `aivm_jax.infer` call (input checks, transfer, per-row
 hashes). "ort qdq" is onnxruntime 1.31 on the float ONNX of the same recipe
@@ -20,7 +22,7 @@ import resource
 import jax
 import numpy as np
 from _ort_qdq import qdq_session
-from _timing import machine_line, median_seconds
+from _timing import interleaved_medians, machine_line
 
 import aivm_jax  # noqa: F401  (determinism flags before JAX starts)
 from aivm_jax.models import (
@@ -65,7 +67,7 @@ def digits_peers(recipe, data):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     data = load_digits_data()
     print(machine_line())
@@ -86,13 +88,16 @@ def main() -> None:
             x_host = (x_int * PIXEL_SCALE).astype(np.float32)
             x_float = jax.device_put(x_host)
             x_dev = {"x": jax.device_put(x_int)}
-            rate = {
-                "jax": batch / median_seconds(args.repeats, float_fn, params, x_float),
-                "jit": batch / median_seconds(args.repeats, entry.run_local, x_dev),
-                "infer": batch / median_seconds(args.repeats, infer, program, x_int),
+            calls = {
+                "jax": (float_fn, (params, x_float)),
+                "jit": (entry.run_local, (x_dev,)),
+                "infer": (infer, (program, x_int)),
             }
             if session is not None:
-                rate["ort"] = batch / median_seconds(args.repeats, session.run, None, {"x": x_host})
+                calls["ort"] = (session.run, (None, {"x": x_host}))
+            rate = {
+                engine: batch / seconds for engine, seconds in interleaved_medians(calls, args.rounds).items()
+            }
             ort_rate = rate.get("ort", float("nan"))
             print(
                 f"{name:12s} {batch:5d} {rate['jax']:11,.0f} {ort_rate:11,.0f} {rate['jit']:11,.0f} "
