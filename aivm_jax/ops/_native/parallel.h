@@ -16,7 +16,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -72,6 +71,12 @@ inline int64_t helpers_for(xla::ffi::ThreadPool& pool, int64_t work, int64_t ser
 // helper only costs the parallelism. So an offer may replace an earlier one no helper has taken
 // yet, and a caller that finds another caller handing off a task at this very moment takes XLA's
 // pool instead of waiting for it.
+// What a parallel loop hands its helpers: help() joins the loop (see parallel_for).
+struct LoopJob {
+  virtual ~LoopJob() = default;
+  virtual void help() = 0;
+};
+
 class HelperTeam {
  public:
   static constexpr int64_t kSpinMicros = 100;
@@ -82,11 +87,11 @@ class HelperTeam {
     return *team;
   }
 
-  // Hands `task` to up to `count` team threads; returns how many were offered it (0: none).
-  int64_t offer(const std::function<void()>& task, int64_t count) {
+  // Hands `job` to up to `count` team threads; returns how many were offered it (0: none).
+  int64_t offer(const std::shared_ptr<LoopJob>& job, int64_t count) {
     count = std::min(count, size_);
     if (count <= 0 || !lock_.try_lock()) return 0;
-    task_ = task;
+    job_ = job;
     unclaimed_ = count;
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     lock_.unlock();
@@ -120,16 +125,16 @@ class HelperTeam {
           idle_since = std::chrono::steady_clock::now();
         }
       }
-      std::function<void()> task;
+      std::shared_ptr<LoopJob> job;
       {
         std::lock_guard<std::mutex> hold(lock_);
         seen = epoch_.load(std::memory_order_relaxed);
         if (unclaimed_ > 0) {
           --unclaimed_;
-          task = task_;
+          job = job_;
         }
       }
-      if (task) task();
+      if (job) job->help();
     }
   }
 
@@ -152,8 +157,8 @@ class HelperTeam {
 
   const int64_t size_;
   std::mutex lock_;
-  std::function<void()> task_;  // the latest offer (guarded by lock_)
-  int64_t unclaimed_ = 0;       // its slots no team thread has taken yet (guarded by lock_)
+  std::shared_ptr<LoopJob> job_;  // the latest offer (guarded by lock_)
+  int64_t unclaimed_ = 0;         // its slots no team thread has taken yet (guarded by lock_)
   alignas(64) std::atomic<uint32_t> epoch_{0};  // bumped by every offer; 32 bits for the futex
   alignas(64) std::atomic<int32_t> parked_{0};  // team threads asleep on epoch_
 };
@@ -168,6 +173,59 @@ inline bool on_xla_pool_thread() {
   }();
   return on_pool;
 }
+
+constexpr int64_t kInlineRanges = 4;
+
+struct alignas(64) LoopRange {  // one thread's range of indices (see parallel_for)
+  std::atomic<uint64_t> word;
+};
+
+// parallel_for's shared state, one allocation for up to kInlineRanges threads: the team and XLA's
+// pool hold it by shared_ptr, so a helper that starts after the loop returned finds it intact.
+template <typename F>
+struct ParallelLoop final : LoopJob {
+  ParallelLoop(F* body, int64_t n, int64_t T) : body(body), T(T) {
+    if (T > kInlineRanges) more_ranges = std::vector<LoopRange>(T);
+    ranges = T > kInlineRanges ? more_ranges.data() : inline_ranges;
+    for (int64_t t = 0; t < T; ++t)
+      ranges[t].word.store(static_cast<uint64_t>(t * n / T) | static_cast<uint64_t>((t + 1) * n / T) << 32,
+                           std::memory_order_relaxed);
+  }
+  void help() override { run(next_helper.fetch_add(1, std::memory_order_relaxed)); }
+  void run(int64_t self) {
+    int64_t finished = 0;
+    auto& own = ranges[self].word;
+    for (;;) {  // own range, front to back, half of what is left at a time
+      const uint64_t seen = own.load(std::memory_order_relaxed);
+      const int64_t left = static_cast<int32_t>(seen >> 32) - static_cast<int32_t>(seen);
+      const int64_t take = std::max<int64_t>(1, left / 2);
+      const uint64_t old = own.fetch_add(static_cast<uint64_t>(take), std::memory_order_relaxed);
+      const int64_t front = static_cast<int32_t>(old), back = static_cast<int32_t>(old >> 32);
+      const int64_t end = std::min(back, front + take);
+      for (int64_t i = front; i < end; ++i) (*body)(i);
+      finished += std::max<int64_t>(0, end - front);
+      if (front + take >= back) break;
+    }
+    for (int64_t k = 1; k < T; ++k) {  // then the others' ranges, from their backs
+      auto& word = ranges[(self + k) % T].word;
+      for (;;) {
+        const uint64_t old = word.fetch_sub(uint64_t{1} << 32, std::memory_order_relaxed);
+        const int64_t front = static_cast<int32_t>(old), back = static_cast<int32_t>(old >> 32);
+        if (back - 1 < front) break;
+        (*body)(back - 1);
+        ++finished;
+      }
+    }
+    if (finished > 0) done.fetch_add(finished, std::memory_order_release);
+  }
+  F* const body;  // the caller's; only read while an index is unclaimed, so never after the loop returns
+  const int64_t T;
+  LoopRange inline_ranges[kInlineRanges];
+  std::vector<LoopRange> more_ranges;
+  LoopRange* ranges;
+  alignas(64) std::atomic<int64_t> done{0};
+  alignas(64) std::atomic<int64_t> next_helper{1};
+};
 
 // Runs fn(0..n-1) on the caller and up to `helpers` helper threads (for a caller outside XLA's
 // pool the team's first, then XLA's pool for any more); returns when all are done.
@@ -190,57 +248,13 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t helpers, F& fn)
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  const int64_t T = helpers + 1;
-  struct alignas(64) Range {
-    std::atomic<uint64_t> word;
-  };
-  struct State {
-    explicit State(int64_t n, int64_t T) : ranges(T) {
-      for (int64_t t = 0; t < T; ++t)
-        ranges[t].word.store(static_cast<uint64_t>(t * n / T) | static_cast<uint64_t>((t + 1) * n / T) << 32,
-                             std::memory_order_relaxed);
-    }
-    std::vector<Range> ranges;
-    alignas(64) std::atomic<int64_t> done{0};
-    alignas(64) std::atomic<int64_t> next_helper{1};
-  };
-  auto state = std::make_shared<State>(n, T);
-  F* body = &fn;
-  auto run = [state, body, T](int64_t self) {
-    int64_t finished = 0;
-    auto& own = state->ranges[self].word;
-    for (;;) {  // own range, front to back, half of what is left at a time
-      const uint64_t seen = own.load(std::memory_order_relaxed);
-      const int64_t left = static_cast<int32_t>(seen >> 32) - static_cast<int32_t>(seen);
-      const int64_t take = std::max<int64_t>(1, left / 2);
-      const uint64_t old = own.fetch_add(static_cast<uint64_t>(take), std::memory_order_relaxed);
-      const int64_t front = static_cast<int32_t>(old), back = static_cast<int32_t>(old >> 32);
-      const int64_t end = std::min(back, front + take);
-      for (int64_t i = front; i < end; ++i) (*body)(i);
-      finished += std::max<int64_t>(0, end - front);
-      if (front + take >= back) break;
-    }
-    for (int64_t k = 1; k < T; ++k) {  // then the others' ranges, from their backs
-      auto& word = state->ranges[(self + k) % T].word;
-      for (;;) {
-        const uint64_t old = word.fetch_sub(uint64_t{1} << 32, std::memory_order_relaxed);
-        const int64_t front = static_cast<int32_t>(old), back = static_cast<int32_t>(old >> 32);
-        if (back - 1 < front) break;
-        (*body)(back - 1);
-        ++finished;
-      }
-    }
-    if (finished > 0) state->done.fetch_add(finished, std::memory_order_release);
-  };
-  const std::function<void()> help = [state, run]() {
-    run(state->next_helper.fetch_add(1, std::memory_order_relaxed));
-  };
+  const auto loop = std::make_shared<ParallelLoop<F>>(&fn, n, helpers + 1);
   int64_t h = 0;  // helpers found so far
   if (!on_xla_pool_thread())
-    h = HelperTeam::instance(std::max<int64_t>(1, pool.num_threads()) - 1).offer(help, helpers);
-  for (; h < helpers; ++h) pool.Schedule(std::function<void()>(help));
-  run(0);
-  while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
+    h = HelperTeam::instance(std::max<int64_t>(1, pool.num_threads()) - 1).offer(loop, helpers);
+  for (; h < helpers; ++h) pool.Schedule([loop]() { loop->help(); });
+  loop->run(0);
+  while (loop->done.load(std::memory_order_acquire) < n) _mm_pause();
 }
 
 }  // namespace aivm
