@@ -77,6 +77,16 @@ def test_a_parked_helper_is_woken_by_the_next_loop():
         assert by_caller < others, "no helper took part after an idle pause"
 
 
+def _run_on_threads(target, args) -> None:
+    """target(arg) for each arg, each on its own Python thread, all at once; fails if one hangs."""
+    threads = [threading.Thread(target=target, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a call did not finish within 120 s"
+
+
 def test_loops_on_several_threads_at_once_each_run_every_task_once():
     failures: list[str] = []
 
@@ -89,12 +99,7 @@ def test_loops_on_several_threads_at_once_each_run_every_task_once():
             if not (runs == 1).all():
                 failures.append(f"seed {seed}: {tasks} tasks, {helpers} helpers: runs {runs.tolist()}")
 
-    threads = [threading.Thread(target=caller, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a loop did not finish"
+    _run_on_threads(caller, range(4))
     assert not failures, failures
 
 
@@ -110,12 +115,7 @@ def test_threaded_products_on_several_threads_at_once_are_exact():
             if not np.array_equal(np.asarray(int8_matmul(a, bs[i])), expected[i]):
                 wrong.append(i)
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a product did not finish"
+    _run_on_threads(caller, range(3))
     assert not wrong, f"wrong products on threads {sorted(set(wrong))}"
 
 
