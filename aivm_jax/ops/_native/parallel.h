@@ -51,6 +51,12 @@ inline int64_t helpers_for(xla::ffi::ThreadPool& pool, int64_t work, int64_t ser
   return work < serial_below ? 0 : std::max<int64_t>(1, pool.num_threads()) - 1;
 }
 
+// What a parallel loop hands its helpers: help() joins the loop (see parallel_for).
+struct LoopJob {
+  virtual ~LoopJob() = default;
+  virtual void help() = 0;
+};
+
 // The library's own helper threads: pool.num_threads() - 1 of them (the caller is the other),
 // started by the first parallel loop that uses them and kept for the life of the process (named
 // aivm-helper). They serve callers outside XLA's intra-op pool: XLA runs a program it judges
@@ -63,7 +69,7 @@ inline int64_t helpers_for(xla::ffi::ThreadPool& pool, int64_t work, int64_t ser
 // 5-10 ms; in a loop of fc1 products, 5-9% of calls took over twice the median). With the team,
 // XLA's workers stay parked. When the caller is itself one of XLA's workers, its fellow workers
 // are the right helpers (as many threads as cores): there the team made a third busy thread and
-// char-gpt at 32 x 128 tokens ran 25-50% slower, so such callers keep XLA's pool.
+// char-gpt at 32 windows of 128 tokens ran 25-50% slower, so such callers keep XLA's pool.
 //
 // A helper spins for kSpinMicros after its last task, then parks on a futex; a loop that finds it
 // parked wakes it with one system call and does not wait for it. No loop waits for a helper to
@@ -71,14 +77,10 @@ inline int64_t helpers_for(xla::ffi::ThreadPool& pool, int64_t work, int64_t ser
 // helper only costs the parallelism. So an offer may replace an earlier one no helper has taken
 // yet, and a caller that finds another caller handing off a task at this very moment takes XLA's
 // pool instead of waiting for it.
-// What a parallel loop hands its helpers: help() joins the loop (see parallel_for).
-struct LoopJob {
-  virtual ~LoopJob() = default;
-  virtual void help() = 0;
-};
-
 class HelperTeam {
  public:
+  // Long enough to span the gaps between a program's loops and between closely spaced calls (a
+  // digits-mlp call at batch 256 is about 14 us), short enough to leave the core soon after.
   static constexpr int64_t kSpinMicros = 100;
 
   // The process's team, started on the first call with `size` threads (later sizes are ignored).
