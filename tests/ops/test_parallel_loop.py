@@ -35,12 +35,19 @@ def test_every_task_runs_exactly_once(tasks, helpers):
         np.testing.assert_array_equal(runs, np.ones(tasks, np.int32))
 
 
+def _slow_helper_ranges(helpers: int, tasks: int = 64) -> tuple[np.ndarray, int]:
+    """Work for a loop whose caller is through its own range at once while the helpers' tasks are
+    slow: ``(work, own)``, the caller's range being the first ``[0, own)`` tasks."""
+    own = tasks // (helpers + 1)
+    work = np.full(tasks, 20000)
+    work[:own] = 0
+    return work, own
+
+
 @pytest.mark.parametrize("helpers", [1, 3, 7])
 def test_a_thread_through_its_range_takes_tasks_from_the_others(helpers):
-    tasks = 64
-    own = tasks // (helpers + 1)  # the caller's range is the first [0, own)
-    work = np.full(tasks, 20000)
-    work[:own] = 0  # the caller is through its own range at once; the helpers' tasks are slow
+    work, own = _slow_helper_ranges(helpers)
+    tasks = work.size
     for _ in range(3):
         runs, by_caller = parallel_for_check(work, helpers)
         np.testing.assert_array_equal(runs, np.ones(tasks, np.int32))
@@ -58,23 +65,14 @@ def test_a_bad_helper_count_is_refused():
         parallel_for_check(np.zeros(4), -1)
 
 
-def _others_taken_by_caller(helpers: int) -> tuple[int, int]:
-    """One loop whose helper ranges are slow: (tasks of the helpers' ranges, of those the caller ran)."""
-    tasks = 64
-    own = tasks // (helpers + 1)
-    work = np.full(tasks, 20000)
-    work[:own] = 0
-    runs, by_caller = parallel_for_check(work, helpers)
-    np.testing.assert_array_equal(runs, np.ones(tasks, np.int32))
-    return tasks - own, int(by_caller[own:].sum())
-
-
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a helper needs a second core to take part")
 def test_a_parked_helper_is_woken_by_the_next_loop():
     for _ in range(5):
         time.sleep(0.02)  # far past the team's spin: its threads are parked
-        others, by_caller = _others_taken_by_caller(1)
-        assert by_caller < others, "no helper took part after an idle pause"
+        work, own = _slow_helper_ranges(1)
+        runs, by_caller = parallel_for_check(work, 1)
+        np.testing.assert_array_equal(runs, np.ones(work.size, np.int32))
+        assert by_caller[own:].sum() < work.size - own, "no helper took part after an idle pause"
 
 
 def _run_on_threads(target, args) -> None:
