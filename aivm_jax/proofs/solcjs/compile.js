@@ -1,7 +1,8 @@
 // Compile Solidity sources with the pinned solc-js and print the artifacts as JSON:
 //   {"compiler": "...", "<Contract>": {"abi", "bytecode", "deployedBytecode", "source"}, ...}
 // usage: node compile.js [--via-ir] [--optimize-runs N] [--base DIR] FILE.sol [FILE.sol ...]
-// Imports resolve relative to --base (default: the first file's folder).
+// Imports resolve relative to --base (default: the first file's folder); "@openzeppelin/..."
+// resolves to the pinned OpenZeppelin Contracts in this folder's node_modules.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -34,8 +35,9 @@ const input = {
   },
 };
 const findImports = (p) => {
+  const file = p.startsWith("@openzeppelin/") ? path.join(__dirname, "node_modules", p) : path.join(base, p);
   try {
-    return { contents: fs.readFileSync(path.join(base, p), "utf8") };
+    return { contents: fs.readFileSync(file, "utf8") };
   } catch (e) {
     return { error: "not found: " + p };
   }
