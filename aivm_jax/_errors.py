@@ -32,6 +32,8 @@ __all__ = [
     "TamperedModelError",
     "ToolchainError",
     "TransactionRevertedError",
+    "UntrustedVerifierError",
+    "RegistrationMismatchError",
     "UnknownModelError",
     "UnsupportedForProofError",
     "WrongProgramError",
@@ -148,3 +150,12 @@ class NotDeployedError(ChainError, LookupError):
 
 class ResultTimeoutError(ChainError, TimeoutError):
     """A request did not finalize in the time allowed."""
+
+
+class UntrustedVerifierError(ChainError, ValueError):
+    """A model's registered verifier is not the one its program generates (or this machine has
+    not generated it yet: run `aivm prove verifier FILE -o DIR` to generate and record it)."""
+
+
+class RegistrationMismatchError(ChainError, ValueError):
+    """What the registry records for a model (shape, row-hash header, size) differs from its program."""

@@ -7,19 +7,33 @@ that answers requests with commit-reveal.
 
 from aivm_jax.chain._artifacts import artifact, build_artifacts
 from aivm_jax.chain._connect import DEFAULT_RPC_URL, Chain
-from aivm_jax.chain._network import DEFAULT_BOND, Network, RequestStatus, commitment, default_deployments_path
+from aivm_jax.chain._network import (
+    DEFAULT_BOND,
+    DEFAULT_WINDOWS,
+    Network,
+    RequestStatus,
+    Windows,
+    commitment,
+    default_deployments_path,
+    default_verifiers_path,
+    record_verifier,
+)
 from aivm_jax.chain._node import Node, NodeState
 
 __all__ = [
     "DEFAULT_BOND",
     "DEFAULT_RPC_URL",
+    "DEFAULT_WINDOWS",
     "Chain",
     "Network",
     "Node",
     "NodeState",
     "RequestStatus",
+    "Windows",
     "artifact",
     "build_artifacts",
     "commitment",
     "default_deployments_path",
+    "default_verifiers_path",
+    "record_verifier",
 ]

@@ -16,8 +16,15 @@ from typing import Any
 __all__ = ["ARTIFACT_DIR", "CONTRACT_NAMES", "artifact", "build_artifacts", "error_selectors"]
 
 ARTIFACT_DIR = Path(__file__).parent / "artifacts"
-CONTRACT_NAMES = ("ModelRegistry", "InferenceMarket", "ReentrantNode")
-_SOURCES = ("ModelRegistry.sol", "InferenceMarket.sol", "test/ReentrantNode.sol")
+CONTRACT_NAMES = (
+    "ModelRegistry",
+    "InferenceMarket",
+    "ReentrantNode",
+    "AcceptAllVerifier",
+    "RejectAllVerifier",
+    "ReentrantVerifier",
+)
+_SOURCES = ("ModelRegistry.sol", "InferenceMarket.sol", "test/ReentrantNode.sol", "test/TestVerifiers.sol")
 OPTIMIZE_RUNS = 200
 
 

@@ -187,16 +187,16 @@ def test_reentrancy_on_payouts_is_refused(registered, mlp, mlp_inputs, chain, cl
     rid = registered.request(
         mlp.model_id, mlp_inputs, fee=10**15, quorum=1, commit_window=100, reveal_window=100
     )
-    from aivm_jax.chain import commitment
-
-    chain.transact(attacker.functions.commit(rid, commitment(honest, SALT[0])))
+    chain.transact(
+        attacker.functions.commit(rid, registered.commitment_for(rid, honest, SALT[0], node=address))
+    )
     clock.jump_past(registered.request_info(rid)["commit_deadline"])
     chain.transact(attacker.functions.reveal(rid, bytes.fromhex(honest[2:]), SALT[0]))
     registered.finalize(rid)
     owed = registered.withdrawable(address)
     assert owed == 10**15
     market_balance = chain.w3.eth.get_balance(registered.market_address)
-    with reverts_with("TransferFailed"):
+    with reverts_with("ReentrancyGuardReentrantCall"):
         chain.transact(attacker.functions.withdraw())  # its receive() re-enters withdraw()
     assert registered.withdrawable(address) == owed  # nothing paid twice, nothing lost
     assert chain.w3.eth.get_balance(registered.market_address) == market_balance
