@@ -143,7 +143,7 @@ class Chain:
         params = {"from": self.address, "value": value}
         try:
             if hasattr(fn, "call"):  # constructors cannot be simulated with eth_call in web3
-                fn.call(params)
+                fn.call(params, block_identifier="pending")  # as the transaction will run: in the next block
             gas = fn.estimate_gas(params)
         except Exception as error:  # noqa: BLE001
             raise decode_revert(error) from None

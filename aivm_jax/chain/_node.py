@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from aivm_jax._errors import AivmError, ModelFileError, TransactionRevertedError
-from aivm_jax.chain._network import Network, RequestStatus, commitment
+from aivm_jax.chain._network import Network, RequestStatus
 from aivm_jax.program import Program, from_bytes
 from aivm_jax.runtime import infer, input_hash
 
@@ -168,7 +168,7 @@ class Node:
         if task["phase"] == "computed":
             salt = bytes.fromhex(task["salt"])
             mine = self.network.market.functions.commitments(request_id, self.address).call()
-            if mine != commitment(task["output_hash"], salt):
+            if mine != self.network.commitment_for(request_id, task["output_hash"], salt):
                 if now >= task["commit_deadline"]:
                     self._set(task, phase="missed", reason="commit window closed")
                     return
