@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from aivm_jax.ops._gemm import int8_matmul
@@ -129,24 +130,38 @@ def max_pool(x, *, window, strides, padding) -> jax.Array:
 
 
 def avg_pool(x, *, window, strides, padding) -> jax.Array:
-    """Window sums and in-bounds counts by ``reduce_window(add)`` in int32, then
-    ``(2S + n) // (2n)``. Sums of at most 2**23 int8 values cannot overflow.
-    int8 on VNNI CPUs: the project's pooling kernel (same integers)."""
+    """Window sums by ``reduce_window(add)`` in int32, then ``(2S + n) // (2n)`` in int32:
+    exact for windows of up to `aivm_jax.ops.AVG_POOL_EXACT_WINDOW` elements (``255 n < 2**31``),
+    which validation enforces. The in-bounds counts ``n`` depend on the geometry alone and are
+    computed here, per axis, as a constant (a ``reduce_window`` over ones would be constant-folded
+    by XLA at compile time, ``Ho Wo kh kw`` steps). int8 on VNNI CPUs: the project's pooling
+    kernel (same integers)."""
 
     def xla(x):
         dims, steps, pads = _window(window, strides, padding)
         zero = jnp.array(0, jnp.int32)
         total = lax.reduce_window(x.astype(jnp.int32), zero, lax.add, dims, steps, pads)
-        ones = jnp.ones((1, *x.shape[1:3], 1), jnp.int32)
-        count = lax.reduce_window(ones, zero, lax.add, dims, steps, pads)
+        count = jnp.asarray(_in_bounds_counts(x.shape[1:3], window, strides, padding))
         return ((2 * total + count) // (2 * count)).astype(x.dtype)
 
     return _pool(x, xla, average=True, window=window, strides=strides, padding=padding)
 
 
+def _in_bounds_counts(size, window, strides, padding) -> np.ndarray:
+    """int32 ``(1, Ho, Wo, 1)``: how many in-bounds elements each pooling window holds."""
+    per_axis = []
+    for n, k, s, (lo, hi) in zip(size, window, strides, padding):
+        starts = np.arange((n + lo + hi - k) // s + 1, dtype=np.int64) * s - lo
+        per_axis.append(np.minimum(starts + k, n) - np.maximum(starts, 0))
+    rows, cols = per_axis
+    return (rows[:, None] * cols[None, :]).astype(np.int32)[None, :, :, None]
+
+
 def _pool(x, xla, *, average: bool, window, strides, padding) -> jax.Array:
     (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
-    if x.dtype != jnp.int8 or kh * kw > 2**22:  # the kernel's int32 bound
+    if (
+        x.dtype != jnp.int8 or kh * kw > 2**22
+    ):  # the kernel's int32 bound (validation keeps windows far below)
         return xla(x)
     out_hw = ((x.shape[1] + top + bottom - kh) // sh + 1, (x.shape[2] + left + right - kw) // sw + 1)
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), jnp.int8)

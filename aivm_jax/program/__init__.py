@@ -1,6 +1,16 @@
 """AIVM programs: the graph data model and its canonical, content-addressed file format."""
 
 from aivm_jax.program._format import FORMAT_VERSION, from_bytes, load, save, to_bytes
-from aivm_jax.program._program import Node, Program, ValueSpec
+from aivm_jax.program._program import Node, Program, ResourceEstimate, ValueSpec
 
-__all__ = ["FORMAT_VERSION", "Node", "Program", "ValueSpec", "from_bytes", "load", "save", "to_bytes"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Node",
+    "Program",
+    "ResourceEstimate",
+    "ValueSpec",
+    "from_bytes",
+    "load",
+    "save",
+    "to_bytes",
+]

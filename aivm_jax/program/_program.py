@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from aivm_jax._errors import ProgramError
-from aivm_jax.ops import OPSET_VERSION, TensorType, check_node
+from aivm_jax._errors import OpError, ProgramError
+from aivm_jax.ops import (
+    MAX_COMPILE_UNITS,
+    MAX_NODES,
+    MAX_PARAM_ELEMENTS,
+    MAX_RANK,
+    MAX_ROW_BYTES,
+    MAX_TENSOR_ELEMENTS,
+    MAX_WORK_PER_ROW,
+    OPSET,
+    OPSET_VERSION,
+    TensorType,
+    check_node,
+    check_tensor,
+    node_cost,
+)
+from aivm_jax.program._cost import ResourceEstimate, estimate
 
-__all__ = ["Node", "Program", "ValueSpec"]
+__all__ = ["Node", "Program", "ResourceEstimate", "ValueSpec"]
 
 PARAM_DTYPES = ("int8", "int32")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
@@ -48,6 +64,11 @@ class ValueSpec:
             raise ProgramError(f"value {self.name!r}: dtype must be int8 or int32, got {self.dtype!r}")
         if any(d < 1 for d in self.shape):
             raise ProgramError(f"value {self.name!r}: dimensions must be >= 1, got {self.shape}")
+        if len(self.shape) >= MAX_RANK or math.prod(self.shape) > MAX_TENSOR_ELEMENTS:
+            raise ProgramError(
+                f"value {self.name!r}: row shape {self.shape} is over the opset's bounds: at most "
+                f"{MAX_RANK - 1} axes and {MAX_TENSOR_ELEMENTS} elements per row"
+            )
         dynamic = tuple(sorted({int(a) for a in self.dynamic}))
         if any(not 0 <= a < len(self.shape) for a in dynamic):
             raise ProgramError(
@@ -119,10 +140,17 @@ class Program:
     Invariants (checked on construction, so a `Program` that exists is valid):
 
     * every node's op is in the opset, with operands of the right kind, dtype
-      and shape, and canonical attributes;
+      and shape, and canonical attributes; no op reaches the batch axis (checked
+      by rank, see `aivm_jax.ops`);
     * nodes are in topological order and every name is defined exactly once;
     * parameters are int8 or int32 NumPy arrays (stored read-only);
-    * `outputs` carry the dtypes and shapes the graph computes.
+    * `outputs` carry the dtypes and shapes the graph computes;
+    * the program is within the opset's resource bounds (``docs/spec/limits.md``):
+      at most `MAX_NODES` nodes, `MAX_TENSOR_ELEMENTS` elements per tensor (per
+      row for activations) and `MAX_PARAM_ELEMENTS` parameter elements in all;
+      and, at the longest dynamic lengths, at most `MAX_WORK_PER_ROW` work and
+      `MAX_ROW_BYTES` live bytes per row and `MAX_COMPILE_UNITS` compile units
+      (`resource_estimate`).
 
     Attributes:
       name: a human-readable name (part of the model id).
@@ -167,9 +195,32 @@ class Program:
     def _validated_nodes(self) -> list[Node]:
         if not self.inputs or not self.outputs:
             raise ProgramError("a program needs at least one input and one output")
+        if len(self.nodes) > MAX_NODES:
+            raise ProgramError(
+                f"program has {len(self.nodes)} nodes, more than the {MAX_NODES} a program may have"
+            )
+        units = sum(OPSET[node.op].compile_units for node in self.nodes if node.op in OPSET)
+        if units > MAX_COMPILE_UNITS:  # refused before the graph is typed: this bound needs no shapes
+            raise ProgramError(
+                f"program needs {units} compile units, more than the {MAX_COMPILE_UNITS} a program "
+                "may need (docs/spec/limits.md); split it into smaller programs"
+            )
+        total = 0
+        for pname, array in self.params.items():
+            try:
+                check_tensor(TensorType(array.dtype.name, array.shape), "param", f"parameter {pname!r}")
+            except OpError as error:
+                raise ProgramError(str(error)) from None
+            total += array.size
+        if total > MAX_PARAM_ELEMENTS:
+            raise ProgramError(
+                f"program parameters hold {total} elements, more than the {MAX_PARAM_ELEMENTS} allowed"
+            )
         longest = {spec.name: spec.shape for spec in self.inputs}
-        nodes, types = self._typed_graph(longest)
+        nodes, types, costs = self._typed_graph(longest)
         object.__setattr__(self, "_value_shapes", {name: t.shape[1:] for name, t in types.items()})
+        self.__dict__["_cost_cache"] = {tuple(sorted(longest.items())): (longest, types, costs)}
+        self._check_resources(self.resource_estimate(1))
         if any(spec.dynamic for spec in self.inputs):
             # The graph must also hold with every variable axis at its shortest.
             shortest = {
@@ -194,9 +245,63 @@ class Program:
                         f"input {spec.name!r} must have row shape {spec.describe()}, "
                         f"got {tuple(input_shapes[spec.name])}"
                     )
-            _, types = self._typed_graph(dict(key))
+            _, types, _ = self._typed_graph(dict(key))
             cache[key] = {spec.name: types[spec.name].shape[1:] for spec in self.outputs}
         return cache[key]
+
+    def _check_resources(self, row: ResourceEstimate) -> None:
+        """Refuse a program whose one row, at the longest lengths, is over the opset's bounds."""
+        for value, limit, what in [
+            (row.work, MAX_WORK_PER_ROW, "work per row"),
+            (row.peak_activation_bytes, MAX_ROW_BYTES, "live bytes per row"),
+            (row.compile_units, MAX_COMPILE_UNITS, "compile units"),
+        ]:
+            if value > limit:
+                raise ProgramError(
+                    f"program needs {value} {what} at its longest inputs, more than the {limit} "
+                    "a program may need (docs/spec/limits.md); split it into smaller programs"
+                )
+
+    def resource_estimate(
+        self, batch: int = 1, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    ) -> ResourceEstimate:
+        """What running ``batch`` rows costs: work, peak activation bytes, parameter bytes,
+        compile units (`ResourceEstimate`), from the graph and shapes alone.
+
+        Args:
+          batch: rows per call, >= 1.
+          input_shapes: input name -> row shape (no batch axis), for programs with
+            dynamic axes; default: every input at its longest.
+
+        Raises:
+          ProgramError: ``batch`` < 1, or shapes that do not fit the inputs' specs.
+        """
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ProgramError(f"batch must be an integer >= 1, got {batch!r}")
+        if input_shapes is None:
+            input_shapes = {spec.name: spec.shape for spec in self.inputs}
+        key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in input_shapes.items()))
+        cache = self.__dict__.setdefault("_cost_cache", {})
+        if key not in cache:
+            shapes = dict(key)
+            for spec in self.inputs:
+                if spec.name not in shapes or not spec.accepts_shape(shapes[spec.name]):
+                    raise ProgramError(
+                        f"input {spec.name!r} must have row shape {spec.describe()}, "
+                        f"got {shapes.get(spec.name)}"
+                    )
+            _, types, costs = self._typed_graph(shapes)
+            cache[key] = (shapes, types, costs)
+        shapes, types, costs = cache[key]
+        return estimate(
+            batch=batch,
+            input_shapes=shapes,
+            node_io=[(tuple(node.inputs), node.output) for node in self.nodes],
+            costs=costs,
+            types=types,
+            outputs=[spec.name for spec in self.outputs],
+            params=self.params,
+        )
 
     def _typed_graph(self, input_shapes: Mapping[str, tuple[int, ...]]):
         types: dict[str, TensorType] = {}
@@ -204,7 +309,7 @@ class Program:
             if spec.name in types or spec.name in self.params:
                 raise ProgramError(f"input name {spec.name!r} is defined twice")
             types[spec.name] = TensorType(spec.dtype, (1, *input_shapes[spec.name]))
-        nodes = []
+        nodes, costs = [], []
         for index, node in enumerate(self.nodes):
             where = f"node {index} ({node.op} -> {node.output!r})"
             _check_name(node.output, "node output")
@@ -227,6 +332,7 @@ class Program:
                 raise ProgramError(f"{where}: name {node.output!r} is defined twice")
             types[node.output] = out_type
             nodes.append(Node(op=node.op, inputs=tuple(node.inputs), output=node.output, attrs=attrs))
+            costs.append(node_cost(node.op, operand_types, attrs, out_type))
         for spec in self.outputs:
             actual = types.get(spec.name)
             if actual is None:
@@ -236,7 +342,7 @@ class Program:
                     f"output {spec.name!r} is declared {spec.describe()} but the "
                     f"graph computes {actual.dtype}{list(actual.shape[1:])}"
                 )
-        return nodes, types
+        return nodes, types, costs
 
     @functools.cached_property
     def model_id(self) -> str:
