@@ -453,7 +453,31 @@ def prove_verifier(file: Path, output: Path, reusable: bool, cache_dir: Path | N
     program = aivm_jax.load(file)
     keys = proofs.load_keys(program.model_id, cache_dir)
     info = proofs.write_verifier(keys, output, progress=_progress, reusable=reusable)
+    info.update(_record_verifier(program.model_id, info))
     _emit(info, as_json, "\n".join(f"{k:24s} {v}" for k, v in info.items()))
+
+
+def _record_verifier(model_id: str, info: dict[str, Any]) -> dict[str, str]:
+    """Record the generated verifier's code hash (and VKA digest) so that `aivm request` and
+    `aivm node` can confirm a registered verifier; needs the chain extra."""
+    try:
+        from eth_utils import keccak
+
+        from aivm_jax.chain import record_verifier
+    except ImportError:
+        return {}
+    artifact = json.loads(Path(info["artifact"]).read_text())
+    codehash = "0x" + keccak(bytes.fromhex(artifact["deployedBytecode"][2:])).hex()
+    vka_digest = None
+    if "vka" in info:
+        words = json.loads(Path(info["vka"]).read_text())["vka"]
+        vka_digest = "0x" + keccak(b"".join(bytes.fromhex(w[2:]) for w in words)).hex()
+    path = record_verifier(model_id, codehash, vka_digest)
+    return {
+        "codehash": codehash,
+        **({"vka_digest": vka_digest} if vka_digest else {}),
+        "recorded_in": str(path),
+    }
 
 
 @main.command()
@@ -548,19 +572,45 @@ def chain_devnet(port: int) -> None:
 @click.option(
     "--bond", default=10**16, show_default=True, help="Wei locked per commitment and slashed on a fault."
 )
+@click.option("--min-window", default=10, show_default=True, help="Shortest commit or reveal window (s).")
+@click.option("--max-window", default=86_400, show_default=True, help="Longest commit or reveal window (s).")
+@click.option(
+    "--proof-window", default=3_600, show_default=True, help="How long a tied request waits for a proof (s)."
+)
 @json_option
-def chain_deploy(rpc_url: str, key: str | None, deployments: Path | None, bond: int, as_json: bool) -> None:
+def chain_deploy(
+    rpc_url: str,
+    key: str | None,
+    deployments: Path | None,
+    bond: int,
+    min_window: int,
+    max_window: int,
+    proof_window: int,
+    as_json: bool,
+) -> None:
     """Deploy the registry and market and record their addresses for this chain id."""
-    from aivm_jax.chain import Chain, Network
+    from aivm_jax.chain import Chain, Network, Windows
 
+    try:
+        windows = Windows(
+            min_commit=min_window,
+            max_commit=max_window,
+            min_reveal=min_window,
+            max_reveal=max_window,
+            proof=proof_window,
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
     chain_ = Chain.connect(rpc_url, key)
-    network = Network.deploy(chain_, bond=bond)
+    network = Network.deploy(chain_, bond=bond, windows=windows)
     path = network.save(deployments)
     data = {
         "chain_id": chain_.chain_id,
         "ModelRegistry": network.registry_address,
         "InferenceMarket": network.market_address,
+        "deploy_block": network.deploy_block,
         "bond": bond,
+        "windows": f"{min_window}-{max_window} s, proof {proof_window} s",
         "recorded_in": str(path),
     }
     _emit(data, as_json, "\n".join(f"{k:16s} {v}" for k, v in data.items()))
@@ -602,6 +652,13 @@ def register(
 @click.option("--reveal-window", default=30, show_default=True, help="Seconds for reveals after that.")
 @click.option("--wait", is_flag=True, help="Wait until the request finalizes and print the result.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--verifiers",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Verifiers this machine generated (default ~/.cache/aivm/verifiers.json); a model whose "
+    "registered verifier is not among them is refused.",
+)
 @rpc_url_option
 @key_option
 @deployments_option
@@ -615,15 +672,22 @@ def request(
     reveal_window: int,
     wait: bool,
     timeout: float,
+    verifiers: Path | None,
     rpc_url: str,
     key: str | None,
     deployments: Path | None,
     as_json: bool,
 ) -> None:
-    """Request inference of a registered model; the input travels inline with its hash."""
+    """Request inference of a registered model; the input travels inline with its hash.
+
+    A model with a proof verifier is requested only if its registered verifier is the one
+    its program generates (`aivm prove verifier` records it): a dishonest owner's verifier
+    could accept any output.
+    """
     from aivm_jax.runtime import read_input_file
 
     network = _network(rpc_url, key, deployments)
+    network.check_verifier(model_id, verifiers)
     request_id = network.request(
         model_id,
         read_input_file(input_path),

@@ -11,7 +11,7 @@ from eth_abi import decode
 
 import aivm_jax
 from aivm_jax import TransactionRevertedError, proofs
-from aivm_jax.chain import Chain, Network
+from aivm_jax.chain import Chain, Network, record_verifier
 from aivm_jax.conformance import DATA_DIR
 
 pytestmark = pytest.mark.slow
@@ -23,22 +23,46 @@ def _verifier(chain, keys, out, reusable=False):
     return chain.deploy(artifact["abi"], artifact["bytecode"]), artifact
 
 
+def _codehash(artifact):
+    from eth_utils import keccak
+
+    return "0x" + keccak(bytes.fromhex(artifact["deployedBytecode"][2:])).hex()
+
+
 @pytest.fixture(scope="module")
-def market(keys, programs, tmp_path_factory):
+def records(tmp_path_factory):
+    """The verifiers this machine generated (what `aivm prove verifier` records)."""
+    return tmp_path_factory.mktemp("records") / "verifiers.json"
+
+
+@pytest.fixture(scope="module")
+def market(keys, programs, records, tmp_path_factory):
     """digits-mlp with its own verifier; digits-cnn with the reusable verifier and its VKA."""
     chain = Chain.embedded()
     network = Network.deploy(chain)
     for name in ("digits-mlp", "digits-cnn"):
         network.register(programs[name], str(DATA_DIR / f"{name}.aivm"))
-    verifier, _ = _verifier(chain, keys["digits-mlp"], tmp_path_factory.mktemp("own"))
+    verifier, artifact = _verifier(chain, keys["digits-mlp"], tmp_path_factory.mktemp("own"))
     network.set_verifier(programs["digits-mlp"].model_id, verifier)
+    record_verifier(programs["digits-mlp"].model_id, _codehash(artifact), None, records)
     verifier, artifact = _verifier(
         chain, keys["digits-cnn"], tmp_path_factory.mktemp("reusable"), reusable=True
     )
     vka = proofs.read_vka(keys["digits-cnn"].vka)
     chain.transact(chain.w3.eth.contract(address=verifier, abi=artifact["abi"]).functions.registerVka(vka))
     network.set_verifier(programs["digits-cnn"].model_id, verifier, vka)
+    from eth_utils import keccak
+
+    record_verifier(
+        programs["digits-cnn"].model_id, _codehash(artifact), "0x" + keccak(b"".join(vka)).hex(), records
+    )
     return network
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])  # own verifier, reusable verifier
+def test_the_deployed_verifier_is_the_one_the_program_generates(market, programs, records, name):
+    # `aivm prove verifier` is deterministic: the code on chain hashes to the compiled artifact's
+    assert market.check_verifier(programs[name].model_id, records) is not None
 
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])  # own verifier, reusable verifier
@@ -64,7 +88,7 @@ def test_a_vka_is_refused_for_a_model_with_its_own_verifier(market, programs, ke
     proof, instances = decode(["bytes", "uint256[]"], calldata[4:])
     vka = proofs.read_vka(keys["digits-mlp"].vka)
     with pytest.raises(TransactionRevertedError, match="WrongVka"):
-        market.chain.transact(market.market.functions.submitProof(rid, proof, list(instances), vka))
+        market.submit_proof_calldata(rid, proof, list(instances), vka)
 
 
 def test_a_proof_of_another_input_is_refused(market, programs, keys, proof_documents):
