@@ -42,6 +42,12 @@ interface IReusableVerifier {
 /// neither re-enter nor change state) and `withdraw`'s transfer; every state-changing function
 /// is `nonReentrant` (OpenZeppelin). The invariant that a stateful fuzz checks after every
 /// action: balance == sum(stakeOf) + sum(withdrawable) + openFees + burned.
+///
+/// Slither (scripts/slither.py, run by the tests) reports, besides what is fixed: `timestamp`
+/// (Low): deadlines are block times by design; a producer's few seconds of leeway are small
+/// against the window bounds (10 s and up by default). `low-level-calls` (Info): the verifier is
+/// STATICCALLed so that only its first return word is read. `pragma` (Info): OpenZeppelin's
+/// files say ^0.8.20, ours ^0.8.24; both compile with the pinned 0.8.37.
 contract InferenceMarket is ReentrancyGuard {
     enum Status {
         None,
@@ -381,7 +387,7 @@ contract InferenceMarket is ReentrancyGuard {
         for (uint256 i = 0; i < nodes.length; i++) {
             if (revealed[requestId][nodes[i]] == best) _pay(requestId, nodes[i], share);
         }
-        _burn(requestId, pool - share * agreeing);
+        _burn(requestId, pool % agreeing); // the division's remainder
         emit Finalized(requestId, best, agreeing, false);
     }
 
@@ -427,7 +433,7 @@ contract InferenceMarket is ReentrancyGuard {
         for (uint256 i = 0; i < nodes.length; i++) {
             if (revealed[requestId][nodes[i]] == outputHash) _pay(requestId, nodes[i], share);
         }
-        _burn(requestId, pool - share * matching);
+        _burn(requestId, pool % matching); // the division's remainder
     }
 
     function _slash(uint256 requestId, address node) private returns (uint256) {
@@ -458,6 +464,9 @@ contract InferenceMarket is ReentrancyGuard {
         bytes memory inputRow = _int8Bytes(instances, 0, shape.inputSize, requestId);
         if (sha256(abi.encodePacked("aivm-in-v1", r.modelId, inputRow)) != r.inputHash) revert InputMismatch(requestId);
         bytes memory outputRow = _int8Bytes(instances, shape.inputSize, shape.outputSize, requestId);
+        // The AIVM row hash (aivm_jax.runtime._hashing). Two dynamic parts, but no ambiguity: the
+        // header is fixed per model once registered, and the row's length by its registered shape.
+        // slither-disable-next-line encode-packed-collision
         bytes32 rowHash = sha256(abi.encodePacked("aivm-row-v1", r.modelId, shape.outputHeader, outputRow));
         return sha256(abi.encodePacked("aivm-out-v1", r.modelId, hex"0100000000000000", rowHash));
     }
