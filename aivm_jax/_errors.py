@@ -27,6 +27,7 @@ __all__ = [
     "OpError",
     "ProgramError",
     "ProofError",
+    "ResourceLimitError",
     "ResultTimeoutError",
     "SrsError",
     "TamperedModelError",
@@ -97,6 +98,11 @@ class ModelSourceError(AivmError, FileNotFoundError):
 
 class WrongProgramError(AivmError, ValueError):
     """A program given to a text API (embed, generate) does not have the inputs and outputs it needs."""
+
+
+class ResourceLimitError(AivmError, ValueError):
+    """A request would need more memory or work than the node's budget allows: a refusal, not
+    a wrong or missing answer. Smaller batches (or shorter inputs) may fit."""
 
 
 class BatchJobError(AivmError, ValueError):

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aivm_jax._errors import AivmError
+from aivm_jax._errors import ResourceLimitError
 from aivm_jax.program import Program, ResourceEstimate
 
 __all__ = ["ResourceLimitError", "check_resources", "resource_estimate"]
-
-
-class ResourceLimitError(AivmError, ValueError):
-    """A request would need more memory or work than the node's budget allows: a refusal, not
-    a wrong or missing answer. Smaller batches (or shorter inputs) may fit."""
 
 
 def resource_estimate(
