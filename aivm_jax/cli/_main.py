@@ -544,25 +544,15 @@ def chain() -> None:
 @click.option("--port", default=8545, show_default=True, help="Port on 127.0.0.1.")
 def chain_devnet(port: int) -> None:
     """Run a local Hardhat node (funded dev accounts) on 127.0.0.1 until Ctrl-C."""
-    import subprocess
-
-    from aivm_jax.chain._devnet import DEVNET_DIR, devnet_command
+    from aivm_jax.chain._devnet import DEVNET_DIR, devnet_command, run_until_interrupted
 
     command = devnet_command(port)
     click.echo(f"starting {' '.join(command[-5:])} in {DEVNET_DIR}; Ctrl-C stops it", err=True)
-    import os
-
-    env = {**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"}
-    process = subprocess.Popen(command, cwd=DEVNET_DIR, env=env)
-    try:
-        sys.exit(process.wait())
-    except KeyboardInterrupt:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    code, interrupted = run_until_interrupted(command, DEVNET_DIR)
+    if interrupted:
         click.echo("devnet stopped", err=True)
+        sys.exit(0)
+    sys.exit(code)
 
 
 @chain.command("deploy")
