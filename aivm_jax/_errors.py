@@ -165,3 +165,36 @@ class UntrustedVerifierError(ChainError, ValueError):
 
 class RegistrationMismatchError(ChainError, ValueError):
     """What the registry records for a model (shape, row-hash header, size) differs from its program."""
+
+
+class TransactionTimeoutError(ChainError, TimeoutError):
+    """A sent transaction's receipt did not arrive in time: it may still be mined. Check its hash
+    (in the message) before sending it again; a node re-reads the chain and does so itself."""
+
+
+class StateFileError(AivmError, ValueError):
+    """A node's state file belongs to another chain, market or node account; pass the right
+    ``--state`` file (or none, for the default one named after all three)."""
+
+
+class FetchError(AivmError, OSError):
+    """A program or input could not be fetched from its URI (a transport error, a refused
+    redirect, a file that is not a regular file, bytes that do not hash to the expected id)."""
+
+
+class FetchTimeoutError(FetchError, TimeoutError):
+    """A fetch took longer than the node's download time limit (``--download-timeout``)."""
+
+
+class UriPolicyError(AivmError, PermissionError):
+    """A request names a URI outside the node's policy: a scheme it does not fetch, or a local
+    path outside its ``--input-dir``."""
+
+
+__all__ += [
+    "FetchError",
+    "FetchTimeoutError",
+    "StateFileError",
+    "TransactionTimeoutError",
+    "UriPolicyError",
+]
