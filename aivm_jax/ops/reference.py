@@ -337,9 +337,12 @@ def add(
     the rounding term stays below ``2**63``, and nothing overflows int64.
 
     Args:
-      x, y: int8 or int32 arrays of one shape ``(batch, ..., N)``.
-      x_multiplier, y_multiplier, shift: int32 parameters of shape ``()`` or
-        ``(N,)`` (per channel along the last axis); shift values in ``[0, 62]``.
+      x: int8 or int32 array of shape ``(batch, ..., N)``.
+      y: int8 or int32 array of the shape of ``x``.
+      x_multiplier: int32 parameter of shape ``()`` or ``(N,)`` (per channel
+        along the last axis).
+      y_multiplier: int32 parameter of the same kind.
+      shift: int32 parameter of the same kind, values in ``[0, 62]``.
       out_dtype: ``"int8"`` or ``"int32"``; the result saturates to it.
     """
     s = shift.astype(np.int64)
@@ -375,7 +378,8 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: int) 
 
     Args:
       x: int32 array of shape ``(batch, ..., D)``, ``D <= 8192``.
-      gamma, beta: int32 parameters of shape ``(D,)``.
+      gamma: int32 parameter of shape ``(D,)``.
+      beta: int32 parameter of shape ``(D,)``.
       eps: integer in ``[0, 2**31)``.
 
     Returns:

@@ -46,7 +46,9 @@ def check_resources(
       max_bytes: most ``total_bytes`` (peak activations plus parameters) allowed.
       max_work: most work allowed for the whole batch.
       max_compile_units: most compile units allowed.
-      program, batch, input_shapes: as for `resource_estimate`.
+      program: as for `resource_estimate`.
+      batch: as for `resource_estimate`.
+      input_shapes: as for `resource_estimate`.
 
     Returns:
       The estimate, when within every given budget.

@@ -96,7 +96,8 @@ def embed(
         sentence-transformers does).
       batch_size: texts per `infer` call; each batch is padded to a multiple
         of 16 tokens, which changes no output bit.
-      mode, devices: passed to `infer`.
+      mode: passed to `infer`.
+      devices: passed to `infer`.
       progress: called with ``(done, total)`` after each batch.
 
     Raises:
