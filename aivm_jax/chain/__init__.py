@@ -18,7 +18,9 @@ from aivm_jax.chain._network import (
     default_verifiers_path,
     record_verifier,
 )
-from aivm_jax.chain._node import Node, NodeState
+from aivm_jax.chain._node import Node
+from aivm_jax.chain._policy import DEFAULT_POLICY, NodePolicy
+from aivm_jax.chain._state import NodeState, StateKey, default_state_path
 
 __all__ = [
     "DEFAULT_BOND",
@@ -36,4 +38,8 @@ __all__ = [
     "default_deployments_path",
     "default_verifiers_path",
     "record_verifier",
+    "DEFAULT_POLICY",
+    "NodePolicy",
+    "StateKey",
+    "default_state_path",
 ]
