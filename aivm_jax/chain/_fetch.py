@@ -190,15 +190,18 @@ def _chunks(
             )
         source = _file_chunks(_allowed_path(uri, path, root), max_bytes)
     total = 0
-    for chunk in source:
-        if stop is not None and stop.is_set():
-            raise FetchError(f"fetch of {uri} abandoned: the node is stopping")
-        if time.monotonic() > deadline:
-            raise FetchTimeoutError(f"fetch of {uri} took longer than the node's download time limit")
-        total += len(chunk)
-        if total > max_bytes:
-            raise ResourceLimitError(f"{uri} holds more than the {max_bytes} bytes this node accepts")
-        yield chunk
+    try:
+        for chunk in source:
+            if stop is not None and stop.is_set():
+                raise FetchError(f"fetch of {uri} abandoned: the node is stopping")
+            if time.monotonic() > deadline:
+                raise FetchTimeoutError(f"fetch of {uri} took longer than the node's download time limit")
+            total += len(chunk)
+            if total > max_bytes:
+                raise ResourceLimitError(f"{uri} holds more than the {max_bytes} bytes this node accepts")
+            yield chunk
+    finally:
+        source.close()  # the connection or file closes now, not when a traceback lets it go
 
 
 def _allowed_path(uri: str, path: Path, root: Path | None) -> Path:
