@@ -728,22 +728,143 @@ def _describe_request(info: dict[str, Any]) -> str:
     type=click.Path(path_type=Path),
     help="Directory for fetched programs and the node's state.",
 )
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="State file (default: node-<chain id>-<market>-<address>.json in --models).",
+)
 @click.option("--poll", default=0.5, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--min-fee", default=1, show_default=True, type=click.IntRange(min=0), help="Smallest fee served (wei)."
+)
+@click.option(
+    "--max-window",
+    default=3_600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest commit or reveal window served (s).",
+)
+@click.option(
+    "--min-reveal-window",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Shortest reveal window served (s); a missed reveal is slashed.",
+)
+@click.option(
+    "--max-lock",
+    default=4 * 3_600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest time a bond may stay locked (s), the proof window included.",
+)
+@click.option(
+    "--input-dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Serve local input files only inside this directory (default: no local inputs).",
+)
+@click.option(
+    "--input-scheme",
+    "input_schemes",
+    multiple=True,
+    type=click.Choice(["http", "https"]),
+    default=("https",),
+    show_default=True,
+    help="Network scheme accepted for input URIs; repeat for several.",
+)
+@click.option(
+    "--max-input-mb",
+    default=16.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest input served (inline or fetched).",
+)
+@click.option(
+    "--max-model-mb",
+    default=512.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest program fetched (also capped by its registered size).",
+)
+@click.option(
+    "--max-memory-mb",
+    default=8_192.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Most memory one request may need, by the program's static estimate.",
+)
+@click.option(
+    "--download-timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds one program or input download may take in all.",
+)
+@click.option(
+    "--local-models/--no-local-models",
+    default=True,
+    show_default=True,
+    help="Fetch programs registered at local paths (regular files only, checked against their id).",
+)
 @click.option("--faulty", is_flag=True, hidden=True, help="Report wrong output hashes (tests of slashing).")
 def node(
-    rpc_url: str, key: str | None, deployments: Path | None, models_dir: Path, poll: float, faulty: bool
+    rpc_url: str,
+    key: str | None,
+    deployments: Path | None,
+    models_dir: Path,
+    state_path: Path | None,
+    poll: float,
+    min_fee: int,
+    max_window: int,
+    min_reveal_window: int,
+    max_lock: int,
+    input_dir: Path | None,
+    input_schemes: tuple[str, ...],
+    max_input_mb: float,
+    max_model_mb: float,
+    max_memory_mb: float,
+    download_timeout: float,
+    local_models: bool,
+    faulty: bool,
 ) -> None:
-    """Run an AIVM node: stake, watch requests, infer, commit and reveal; resumes after a restart."""
+    """Run an AIVM node: stake, watch requests, infer, commit and reveal; resumes after a restart.
+
+    Requests outside the policy (fee, windows, bond lock, input URI) are skipped, and any
+    request whose input, program or work fails is refused, each with its reason in the state
+    file; the node goes on serving the others.
+    """
     import logging
 
-    from aivm_jax.chain import Node
+    from aivm_jax.chain import Node, NodePolicy
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    daemon = Node(_network(rpc_url, key, deployments), models_dir, faulty=faulty)
+    mib = 1 << 20
     try:
-        daemon.run(poll=poll)
-    except KeyboardInterrupt:
-        click.echo("node stopped; its state is saved", err=True)
+        policy = NodePolicy(
+            min_fee=min_fee,
+            max_commit_window=max_window,
+            min_reveal_window=min_reveal_window,
+            max_reveal_window=max_window,
+            max_lock=max_lock,
+            input_dir=input_dir,
+            input_schemes=frozenset(input_schemes),
+            max_input_bytes=int(max_input_mb * mib),
+            max_model_bytes=int(max_model_mb * mib),
+            max_infer_bytes=int(max_memory_mb * mib),
+            download_timeout=download_timeout,
+            local_models=local_models,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    network = _network(rpc_url, key, deployments)
+    with Node(network, models_dir, state_path, policy=policy, faulty=faulty) as daemon:
+        try:
+            daemon.run(poll=poll)
+        except KeyboardInterrupt:
+            click.echo("node stopped; its state is saved", err=True)
 
 
 @main.command()
