@@ -8,14 +8,37 @@ clients can reproduce them.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from aivm_jax._errors import InputFileError
+from aivm_jax._errors import InputFileError, InputRangeError, ProgramError
 
-__all__ = ["quantize_input", "read_input_file", "read_named_inputs"]
+__all__ = [
+    "SCALES_KEY",
+    "SCALE_MANTISSA_BITS",
+    "decode_scale",
+    "encode_scale",
+    "program_scales",
+    "quantize_input",
+    "quantize_to_scale",
+    "read_input_file",
+    "read_named_inputs",
+]
+
+SCALES_KEY = "scales"
+"""Program metadata key of the real scales of inputs and outputs (see `program_scales`)."""
+
+SCALE_MANTISSA_BITS = 20
+"""A stored scale is ``mantissa * 2**exponent`` with an odd ``mantissa < 2**20``: precise to
+one part in a million, and short enough that `quantize_to_scale` decides every rounding exactly
+in float64 (``(2 q + 1) * mantissa < 2**53`` for any int32 ``q``)."""
+
+_SCALE_EXPONENTS = (-200, 200)
 
 
 def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.ndarray:
@@ -31,6 +54,113 @@ def quantize_input(values: np.ndarray, scale: float, dtype: str = "int8") -> np.
     """
     info = np.iinfo(dtype)
     q = np.floor(np.asarray(values, dtype=np.float64) / scale + 0.5)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def encode_scale(scale: float) -> dict[str, int]:
+    """The stored form of a positive real scale: ``{"mantissa": m, "exponent": e}``, ``m`` odd.
+
+    ``m * 2**e`` is ``scale`` rounded to `SCALE_MANTISSA_BITS` significant bits (ties to even,
+    as float arithmetic rounds). Program metadata holds no floats; this is how a scale travels.
+
+    >>> encode_scale(0.5), encode_scale(3.0)
+    ({'mantissa': 1, 'exponent': -1}, {'mantissa': 3, 'exponent': 0})
+    >>> encode_scale(0.1)
+    {'mantissa': 838861, 'exponent': -23}
+    """
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ProgramError(f"a scale must be a positive finite number, got {scale!r}")
+    fraction, exponent = math.frexp(scale)  # scale = fraction * 2**exponent, fraction in [0.5, 1)
+    mantissa = round(fraction * 2**SCALE_MANTISSA_BITS)
+    exponent -= SCALE_MANTISSA_BITS
+    while mantissa % 2 == 0:
+        mantissa //= 2
+        exponent += 1
+    entry = {"mantissa": int(mantissa), "exponent": int(exponent)}
+    decode_scale(entry)  # range check
+    return entry
+
+
+def decode_scale(entry: Mapping[str, Any]) -> float:
+    """The exact float64 value ``mantissa * 2**exponent`` of a stored scale (see `encode_scale`)."""
+    try:
+        mantissa, exponent = entry["mantissa"], entry["exponent"]
+    except (KeyError, TypeError):
+        raise ProgramError(
+            f"a stored scale must be {{'mantissa': m, 'exponent': e}}, got {entry!r}"
+        ) from None
+    if (
+        not all(isinstance(v, int) and not isinstance(v, bool) for v in (mantissa, exponent))
+        or not 0 < mantissa < 2**SCALE_MANTISSA_BITS
+        or mantissa % 2 == 0
+        or not _SCALE_EXPONENTS[0] <= exponent <= _SCALE_EXPONENTS[1]
+    ):
+        raise ProgramError(
+            f"stored scale {dict(entry)!r} must have an odd mantissa in (0, 2**{SCALE_MANTISSA_BITS}) "
+            f"and an exponent in {list(_SCALE_EXPONENTS)}"
+        )
+    return math.ldexp(mantissa, exponent)
+
+
+def program_scales(program) -> dict[str, dict[str, int]]:
+    """The stored real scales of a program's inputs and outputs, by value name (may be empty).
+
+    Programs made by an importer (`aivm_jax.quant.import_onnx`) record them in
+    ``metadata["scales"]``: ``{name: {"mantissa": m, "exponent": e}}``, meaning
+    ``real = q * m * 2**e``. Programs without it have no scales, and `infer` refuses float input.
+    """
+    entries = program.metadata.get(SCALES_KEY) or {}
+    known = {spec.name for spec in (*program.inputs, *program.outputs)}
+    if not isinstance(entries, Mapping) or not set(entries) <= known:
+        raise ProgramError(f"metadata.{SCALES_KEY} must map input/output names to scales, got {entries!r}")
+    for entry in entries.values():
+        decode_scale(entry)
+    return {name: dict(entry) for name, entry in entries.items()}
+
+
+def quantize_to_scale(values: Any, scale: Mapping[str, Any], dtype: str = "int8") -> np.ndarray:
+    """Quantize real ``values`` exactly: ``q = saturate(floor(v / s + 1/2))`` with ``s`` a stored scale.
+
+    The rounding is **half up** and is decided on the exact values: ``v`` is the
+    float's exact binary value (float16/32/64 widen to float64 without change)
+    and ``s = m * 2**e`` is exact (`encode_scale`), so ``q`` is the one integer with
+    ``(q - 1/2) s <= v < (q + 1/2) s``, then saturated to ``dtype``'s range.
+    A float64 estimate ``floor(v / s + 0.5)`` is corrected against these two
+    bounds, which float64 computes without error (``|2 q +- 1| * m < 2**53``).
+    ``+-inf`` saturate; NaN is refused.
+
+    Args:
+      values: a float (or integer) array of any shape.
+      scale: ``{"mantissa": m, "exponent": e}``.
+      dtype: ``"int8"`` or ``"int32"``.
+
+    Raises:
+      InputRangeError: a value is NaN.
+
+    >>> s = encode_scale(0.25)
+    >>> quantize_to_scale(np.array([-0.375, -0.125, 0.125, 0.375, 31.875, 1e9, -np.inf]), s)
+    array([  -1,    0,    1,    2,  127,  127, -128], dtype=int8)
+    """
+    m, e = int(scale["mantissa"]), int(scale["exponent"])
+    step = decode_scale({"mantissa": m, "exponent": e})
+    v = np.asarray(values)
+    if v.dtype.kind not in "fiub":
+        raise InputRangeError(f"cannot quantize values of dtype {v.dtype}")
+    v = v.astype(np.float64)
+    if np.isnan(v).any():
+        raise InputRangeError("input holds NaN; a NaN has no integer value")
+    info = np.iinfo(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = np.clip(np.floor(v / step + 0.5), info.min - 1, info.max + 1)
+    half = math.ldexp(m, e - 1)  # s / 2, exact
+    for _ in range(4):  # the estimate is off by at most one; each pass moves q one step
+        low = (2.0 * q - 1.0) * half  # (q - 1/2) s, exact: |2q - 1| * m < 2**53
+        high = (2.0 * q + 1.0) * half
+        step_down, step_up = v < low, v >= high
+        if not (step_down.any() or step_up.any()):
+            break
+        q = np.clip(q - step_down + step_up, info.min - 1, info.max + 1)
     return np.clip(q, info.min, info.max).astype(dtype)
 
 

@@ -26,6 +26,7 @@ from aivm_jax.program import Program, ValueSpec, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
 from aivm_jax.runtime._fusion import fuse_chains
 from aivm_jax.runtime._hashing import output_hash, row_hash_table
+from aivm_jax.runtime._host import SCALES_KEY, program_scales, quantize_to_scale
 
 __all__ = ["InferenceResult", "infer"]
 
@@ -44,6 +45,8 @@ class InferenceResult:
       named_outputs: every output by name (same arrays).
       row_hashes: one ``0x``-hash per batch row; independent of the batch.
       output_hash: hash over ``row_hashes`` in order (see `aivm_jax.runtime`).
+      input_quantized: whether float input was quantized on the host with the
+        program's stored input scales (`aivm_jax.runtime.quantize_to_scale`).
     """
 
     model_id: str
@@ -51,6 +54,7 @@ class InferenceResult:
     named_outputs: Mapping[str, np.ndarray]
     row_hashes: tuple[str, ...]
     output_hash: str
+    input_quantized: bool = False
 
 
 # Programs whose parameters fit in this many bytes run on one device with the
@@ -160,11 +164,15 @@ def _compiled_for(program: Program) -> _Compiled:
         return entry
 
 
-def _checked_input(spec: ValueSpec, value: Any) -> np.ndarray:
-    """Validate one batched input against its spec and return it in the spec's dtype."""
+def _checked_input(spec: ValueSpec, value: Any, scale: Mapping[str, int] | None = None) -> np.ndarray:
+    """Validate one batched input against its spec and return it in the spec's dtype.
+
+    Float input is quantized with ``scale`` (the program's stored input scale) when there is one."""
     if isinstance(value, jax.Array):
         value = np.asarray(value)
     array = np.asarray(value)
+    if array.dtype.kind == "f" and scale is not None:
+        array = quantize_to_scale(array, scale, spec.dtype)
     if array.dtype.kind not in "iu":
         hint = (
             " Quantize float data on the host first with aivm_jax.quantize_input."
@@ -203,17 +211,27 @@ def _range_of(dtype) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:
+def _is_float(value: Any) -> bool:
+    return (
+        np.asarray(value).dtype.kind == "f" if not isinstance(value, jax.Array) else value.dtype.kind == "f"
+    )
+
+
+def _feeds(program: Program, inputs: Any) -> tuple[dict[str, np.ndarray], bool]:
+    """The checked integer feeds, and whether any float input was quantized on the host."""
+    scales = program_scales(program) if SCALES_KEY in program.metadata else {}
     if isinstance(inputs, Mapping):
         given = set(inputs)
         wanted = {s.name for s in program.inputs}
         if given != wanted:
             raise InputShapeError(f"program inputs are {sorted(wanted)}, got {sorted(given)}")
-        feeds = {s.name: _checked_input(s, inputs[s.name]) for s in program.inputs}
+        raw = {s.name: inputs[s.name] for s in program.inputs}
     elif len(program.inputs) == 1:
-        feeds = {program.inputs[0].name: _checked_input(program.inputs[0], inputs)}
+        raw = {program.inputs[0].name: inputs}
     else:
         raise InputShapeError(f"program has inputs {[s.name for s in program.inputs]}; pass a dict of arrays")
+    quantized = any(_is_float(raw[s.name]) and s.name in scales for s in program.inputs)
+    feeds = {s.name: _checked_input(s, raw[s.name], scales.get(s.name)) for s in program.inputs}
     batches = {a.shape[0] for a in feeds.values()}
     if len(batches) != 1:
         raise InputShapeError(f"all inputs must share one batch size, got {sorted(batches)}")
@@ -222,7 +240,7 @@ def _feeds(program: Program, inputs: Any) -> dict[str, np.ndarray]:
             program.output_shapes({name: a.shape[1:] for name, a in feeds.items()})
         except ProgramError as error:
             raise InputShapeError(f"input shapes do not fit together: {error}") from None
-    return feeds
+    return feeds, quantized
 
 
 def _run_sharded(entry: _Compiled, feeds: Mapping[str, np.ndarray], devices: Sequence[Any]):
@@ -252,7 +270,10 @@ def infer(
       model: a `Program`, or the path of a `.aivm` file (loaded and verified).
       inputs: an integer array of shape ``(batch, *input_shape)`` for a
         one-input program, or a dict of them by input name. Any integer dtype
-        is accepted if every value fits the input's dtype; floats are refused.
+        is accepted if every value fits the input's dtype. Floats are quantized
+        on the host (`aivm_jax.runtime.quantize_to_scale`: round half up,
+        saturate) for an input whose scale the program stores (imported
+        programs do), and refused otherwise.
       mode: ``"jit"`` (default; compiled once per program and input shape),
         ``"eager"`` (op by op, same JAX ops) or ``"reference"`` (the NumPy
         yellow paper). All three give identical bits.
@@ -274,7 +295,7 @@ def infer(
             raise ModelIdMismatchError(
                 f"program has model id {program.model_id}, expected {expected_model_id}"
             )
-    feeds = _feeds(program, inputs)
+    feeds, quantized = _feeds(program, inputs)
     if mode == "reference":
         outs = [np.asarray(o) for o in evaluate(program, feeds, program.params, "reference")]
     elif mode == "eager":
@@ -298,4 +319,5 @@ def infer(
         named_outputs=dict(zip(names, outs)),
         row_hashes=tuple(hashes),
         output_hash=output_hash(program.model_id, digests),
+        input_quantized=quantized,
     )

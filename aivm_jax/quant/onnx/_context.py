@@ -1,0 +1,142 @@
+"""The conversion context: where each ONNX value lives in the program being built.
+
+Every ONNX activation maps to a `Val`: the name of an int8 or int32 program
+value, whose real scale the `GraphBuilder` records, and its layout. Rank-4
+ONNX tensors are NCHW; the opset's convolutions and pools are NHWC, so a
+rank-4 value may be held channels-last (``channels_last=True``) and is
+transposed back only where an op needs the ONNX order (``Flatten``,
+``Reshape``, a graph output).
+
+Invariants: an int8 value has one scale for the whole tensor; an int32 value
+(an accumulator) may have one scale per channel of its last axis. Consumers
+that need int8 call `Context.int8`, which requantizes an accumulator once,
+with the scale its calibration range asks for (the positive range alone
+ahead of a ``Relu``), and caches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import numpy as np
+
+from aivm_jax.quant._graph import GraphBuilder
+from aivm_jax.quant.onnx._errors import OnnxImportError
+from aivm_jax.quant.onnx._graph import OnnxGraph, OnnxNode
+
+__all__ = ["Context", "Val", "sanitize"]
+
+_BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+
+def sanitize(name: str) -> str:
+    """An ONNX value name as a program name (letters, digits and ``_.:/-``, not starting with a digit)."""
+    clean = _BAD.sub("_", name.strip("/")) or "v"
+    return clean if re.match(r"[A-Za-z_]", clean) else f"v{clean}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Val:
+    """A program value standing for an ONNX activation."""
+
+    name: str
+    channels_last: bool = False
+
+
+class Context:
+    """State of one conversion: the builder, the ONNX graph, and each ONNX value's `Val`.
+
+    Attributes:
+      fused: node name -> ``(a, c)``: a per-channel affine map ``y = a * x + c``
+        (a folded ``BatchNormalization``) the node applies to its output.
+      absorbed: names of nodes whose work another node already did.
+      patterns: the subgraphs replaced, for the program's provenance.
+    """
+
+    def __init__(self, graph: OnnxGraph, builder: GraphBuilder, reserved: set[str]) -> None:
+        self.graph = graph
+        self.builder = builder
+        self.values: dict[str, Val] = {}
+        self.fused: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.absorbed: set[str] = set()
+        self.patterns: list[dict[str, Any]] = []
+        self._taken = set(reserved)
+        self._int8_cache: dict[tuple[str, bool, float | None], Val] = {}
+
+    # ------------------------------------------------------------------ names and values
+
+    def fresh(self, base: str) -> str:
+        """A program name not used yet, derived from ``base``."""
+        name, k = sanitize(base), 1
+        while name in self._taken or name in self.builder.params:
+            name, k = f"{sanitize(base)}.{k}", k + 1
+        self._taken.add(name)
+        return name
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.graph.const(name)
+
+    def val(self, name: str) -> Val:
+        if name not in self.values:
+            raise OnnxImportError(f"value {name!r} is used before it is computed, or is not an activation")
+        return self.values[name]
+
+    def bind(self, onnx_name: str, val: Val) -> None:
+        self.values[onnx_name] = val
+
+    def dtype(self, val: Val) -> str:
+        return str(self.builder.values[val.name].dtype)
+
+    def shape(self, val: Val) -> tuple[int, ...]:
+        """The value's ONNX row shape (no batch axis; NCHW order for a channels-last value)."""
+        shape = tuple(self.builder.values[val.name].shape[1:])
+        return (shape[2], shape[0], shape[1]) if val.channels_last else shape
+
+    def per_tensor(self, val: Val) -> bool:
+        return np.ndim(self.builder.scales[val.name]) == 0
+
+    # ------------------------------------------------------------------ conversions
+
+    def int8(self, val: Val, *, positive: bool = False, cap: float | None = None) -> Val:
+        """``val`` as an int8 value with one scale.
+
+        An accumulator is requantized so that its calibration maximum (of the
+        positive part only when ``positive``; at most ``cap`` when given) maps to 127.
+        """
+        if self.dtype(val) == "int8" and self.per_tensor(val):
+            return val
+        key = (val.name, positive, cap)
+        if key not in self._int8_cache:
+            real = self.builder.real(val.name)
+            top = float(real.max()) if positive else float(np.abs(real).max())
+            if cap is not None:
+                top = min(top, cap)
+            scale = max(top, 1e-8) / 127.0
+            out = self.builder.requantize(val.name, self.fresh(f"{val.name}.q8"), scale=scale)
+            self._int8_cache[key] = Val(out, val.channels_last)
+        return self._int8_cache[key]
+
+    def layout(self, val: Val, channels_last: bool) -> Val:
+        """``val`` (rank 4) channels-last or in ONNX order; a transpose when it is not already."""
+        if val.channels_last == channels_last:
+            return val
+        val = self.int8(val)  # a per-channel scale would not survive the transpose
+        perm = (1, 2, 0) if channels_last else (2, 0, 1)
+        out = self.fresh(f"{val.name}.{'nhwc' if channels_last else 'nchw'}")
+        self.builder.op("transpose", [val.name], out, self.builder.scales[val.name], perm=perm)
+        return Val(out, channels_last)
+
+    def onnx_order(self, val: Val) -> Val:
+        """``val`` with its axes in ONNX order."""
+        return self.layout(val, False) if val.channels_last else val
+
+    def nhwc(self, val: Val) -> Val:
+        """A rank-4 ``val`` channels-last (as the opset's conv and pools want it)."""
+        if len(self.builder.values[val.name].shape) != 4:
+            raise OnnxImportError(f"value {val.name!r} is not rank 4 (batch, C, H, W)")
+        return self.layout(val, True)
+
+    def node_input(self, node: OnnxNode, index: int = 0) -> Val:
+        return self.val(node.inputs[index])

@@ -1,0 +1,223 @@
+"""`import_onnx`: an ONNX model plus calibration data in, an int8 AIVM program out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aivm_jax.program import Program, ValueSpec
+from aivm_jax.quant._graph import GraphBuilder
+from aivm_jax.quant.onnx._context import Context, Val, sanitize
+from aivm_jax.quant.onnx._errors import OnnxImportError
+from aivm_jax.quant.onnx._fidelity import compare_outputs, run_float
+from aivm_jax.quant.onnx._graph import check_supported, read_graph
+from aivm_jax.quant.onnx._patterns import fold_batch_norms
+from aivm_jax.quant.onnx._registry import find
+from aivm_jax.runtime._host import SCALES_KEY, decode_scale, encode_scale, quantize_to_scale
+
+__all__ = ["OUTPUT_INT32_BITS", "import_onnx", "load_calibration"]
+
+OUTPUT_INT32_BITS = 16
+"""An int32 graph output (logits from a ``Gemm``, say) is rescaled so that its calibration
+maximum is ``2**16``: finer than int8 by far, and far from int32's limits."""
+
+
+def _load_model(model):
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    path = Path(model)
+    if not path.is_file():
+        raise OnnxImportError(f"no ONNX file at {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise OnnxImportError(f"cannot read {path} as an ONNX model: {error}") from None
+
+
+def load_calibration(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
+    """Calibration rows from ``.npy`` (one input) or ``.npz`` (one array per input name); no pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxImportError(f"no calibration file at {path}")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as error:
+        raise OnnxImportError(f"cannot read calibration data {path}: {error}") from None
+    raise OnnxImportError(f"{path}: calibration data must be a .npy or .npz file")
+
+
+def _calibration_arrays(graph, calibration) -> dict[str, np.ndarray]:
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = load_calibration(calibration)
+    names = list(graph.inputs)
+    if not isinstance(calibration, Mapping):
+        if len(names) != 1:
+            raise OnnxImportError(
+                f"the model has inputs {names}; give calibration data as a .npz by input name"
+            )
+        calibration = {names[0]: calibration}
+    if set(calibration) != set(names):
+        raise OnnxImportError(
+            f"calibration data has arrays {sorted(calibration)}; the model's inputs are {names}"
+        )
+    arrays = {}
+    for name in names:
+        array = np.asarray(calibration[name])
+        if array.dtype.kind not in "fiu":
+            raise OnnxImportError(f"calibration data for {name!r} must be numbers, got dtype {array.dtype}")
+        if array.shape[1:] != graph.inputs[name] or array.ndim < 1 or array.shape[0] < 1:
+            dims = ", ".join(["rows", *map(str, graph.inputs[name])])
+            raise OnnxImportError(
+                f"calibration data for {name!r} must have shape ({dims}), got {array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise OnnxImportError(f"calibration data for {name!r} holds NaN or infinite values")
+        arrays[name] = array.astype(np.float64)
+    if len({a.shape[0] for a in arrays.values()}) != 1:
+        raise OnnxImportError("calibration arrays must all have the same number of rows")
+    return arrays
+
+
+def _finish_output(ctx: Context, onnx_name: str, out_name: str) -> tuple[str, float]:
+    """Make the program value ``out_name`` for a graph output: per-tensor scale, ONNX axis order."""
+    builder = ctx.builder
+    val = ctx.val(onnx_name)
+    if builder.values[val.name].ndim == 4 or ctx.dtype(val) == "int8":
+        val = ctx.onnx_order(ctx.int8(val))
+        scale = float(builder.scales[val.name])
+        row = tuple(builder.values[val.name].shape[1:])
+        builder.op("reshape", [val.name], out_name, scale, shape=row)  # a copy under the output's name
+        return out_name, scale
+    top = max(float(np.abs(builder.real(val.name)).max()), 1e-8)
+    scale = decode_scale(encode_scale(top / 2**OUTPUT_INT32_BITS))
+    builder.requantize(val.name, out_name, out_dtype="int32", scale=scale)
+    return out_name, scale
+
+
+def import_onnx(
+    model: Any,
+    calibration: Any,
+    *,
+    dims: Mapping[str, int] | None = None,
+    name: str | None = None,
+    holdout: float = 0.2,
+    metadata: Mapping[str, Any] | None = None,
+) -> Program:
+    """Import an ONNX model (opsets 13-20, as PyTorch exports it) as an int8 AIVM program.
+
+    Steps: every op type is checked first (an unsupported one stops the import
+    before any work, with one error listing every unsupported node); symbolic
+    dims are bound (axis 0 of every input stays the batch axis); constant
+    subgraphs are folded; then every node's form is checked (again all problems
+    at once); then the graph is converted and calibrated: per-output-channel
+    int8 weights, per-tensor int8 activation scales from the calibration
+    maxima, ``BatchNormalization`` folded into the layer before it.
+
+    The program's inputs are int8 and its outputs int8 or int32, in ONNX axis
+    order; ``metadata["scales"]`` holds the real scale of each (exactly, as
+    ``mantissa * 2**exponent``), so `aivm_jax.infer` quantizes float input
+    itself. ``metadata["onnx_fidelity"]`` compares the float model (onnxruntime or
+    ``onnx.reference``) with the program on the held-out rows.
+
+    Args:
+      model: a path to a ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
+      calibration: float rows ``(n, *input_shape)`` (one input), a dict of them
+        by input name, or the path of a ``.npy``/``.npz`` file holding them.
+      dims: sizes of symbolic dims other than the batch axis, by name.
+      name: the program's name (default: the file's stem, or ``"onnx-model"``).
+      holdout: fraction of the calibration rows kept out of calibration for the
+        fidelity report (the last ones; none when fewer than 10 rows).
+      metadata: extra JSON (no floats) stored in the program.
+
+    Raises:
+      UnsupportedOnnxError: ops or op forms without a converter, all listed.
+      OnnxImportError: unreadable model, wrong opset, unbound dims, bad calibration data.
+    """
+    onnx_model = _load_model(model)
+    graph = read_graph(onnx_model, dims)
+    check_supported(graph)
+    arrays = _calibration_arrays(graph, calibration)
+    rows = next(iter(arrays.values())).shape[0]
+    held = int(rows * holdout) if rows >= 10 and 0 < holdout < 1 else 0
+    calib = {k: v[: rows - held] for k, v in arrays.items()}
+    test = {k: v[rows - held :] for k, v in arrays.items()} if held else calib
+
+    if name is None:
+        name = Path(model).stem if isinstance(model, (str, os.PathLike)) else "onnx-model"
+    input_names = {onnx_name: sanitize(onnx_name) for onnx_name in graph.inputs}
+    output_names = {onnx_name: sanitize(onnx_name) for onnx_name in graph.outputs}
+    if len(set(input_names.values()) | set(output_names.values())) != len(input_names) + len(output_names):
+        raise OnnxImportError(f"input and output names {list(input_names) + list(output_names)} collide")
+    scales: dict[str, dict[str, int]] = {}
+    feeds, input_scales = {}, {}
+    for onnx_name, program_name in input_names.items():
+        top = max(float(np.abs(calib[onnx_name]).max()), 1e-8)
+        scales[program_name] = encode_scale(top / 127.0)
+        input_scales[program_name] = decode_scale(scales[program_name])
+        feeds[program_name] = quantize_to_scale(calib[onnx_name], scales[program_name])
+    specs = tuple(ValueSpec(name=input_names[n], dtype="int8", shape=row) for n, row in graph.inputs.items())
+    builder = GraphBuilder(name, specs, feeds, input_scales)
+    ctx = Context(graph, builder, reserved=set(input_names.values()) | set(output_names.values()))
+    for onnx_name, program_name in input_names.items():
+        ctx.bind(onnx_name, Val(program_name))
+    fold_batch_norms(ctx)
+    for node in graph.nodes:
+        find(node.op_type, graph.opset).convert(ctx, node)
+    outputs = []
+    for onnx_name, program_name in output_names.items():
+        out, scale = _finish_output(ctx, onnx_name, program_name)
+        scales[out] = encode_scale(scale)
+        value = builder.values[out]
+        outputs.append(ValueSpec(name=out, dtype=str(value.dtype), shape=tuple(value.shape[1:])))
+    source = {
+        "format": "onnx",
+        "opset": graph.opset,
+        "producer": graph.producer,
+        "sha256": graph.sha256,
+        "folded_nodes": graph.folded,
+        "patterns": ctx.patterns,
+    }
+    program = builder.program(
+        tuple(outputs),
+        {
+            **(metadata or {}),
+            "source": source,
+            "calibration_rows": rows - held,
+            SCALES_KEY: {k: scales[k] for k in sorted(scales)},
+        },
+    )
+    return program.with_metadata(onnx_fidelity=_fidelity(onnx_model, program, test, input_names, held > 0))
+
+
+def _fidelity(onnx_model, program: Program, test, input_names, held_out: bool) -> dict[str, Any]:
+    from aivm_jax.runtime import infer
+
+    float_outs, engine = run_float(onnx_model, test)
+    result = infer(program, {input_names[k]: v for k, v in test.items()})
+    scales = program.metadata[SCALES_KEY]
+    outputs = {}
+    for (onnx_name, float_out), spec in zip(float_outs.items(), program.outputs):
+        real = result.named_outputs[spec.name].astype(np.float64) * decode_scale(scales[spec.name])
+        outputs[spec.name] = {"onnx_output": onnx_name, **compare_outputs(float_out, real)}
+    first = next(iter(outputs.values()))
+    report = {
+        "reference": engine,
+        "examples": int(next(iter(test.values())).shape[0]),
+        "held_out": held_out,
+        "outputs": outputs,
+    }
+    if "argmax_agreement" in first:
+        report["argmax_agreement"] = first["argmax_agreement"]
+    return report
