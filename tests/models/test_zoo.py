@@ -39,24 +39,11 @@ def test_same_recipe_same_model_id(built, zoo_name):
     assert build(zoo_name).model_id == built.model_id
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return set()
-    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 # Float training (off the inference path) is bit-reproducible on one software stack and CPU
-# family only: XLA's float code differs between AVX-512 and AVX2 machines. The shipped programs
-# were trained on an AVX-512 machine; on one without it (seen: digits-mlp) the weights may differ
-# in the last bits, so there the rebuild must be the same program up to its trained weights.
-SHIPPED_CPU_FAMILY = {"avx512f", "avx512_vnni"} <= _cpu_flags()
-
-
-def test_build_matches_the_shipped_program(built, shipped_program):
-    if SHIPPED_CPU_FAMILY:
+# family only (see `trained_where_shipped`); elsewhere the rebuild must be the same program up
+# to its trained weights.
+def test_build_matches_the_shipped_program(built, shipped_program, trained_where_shipped):
+    if trained_where_shipped:
         assert built.model_id == shipped_program.model_id
         return
     assert [(n.op, n.inputs, n.output, n.attrs) for n in built.nodes] == [
