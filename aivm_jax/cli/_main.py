@@ -16,6 +16,7 @@ import numpy as np
 
 import aivm_jax
 from aivm_jax import AivmError
+from aivm_jax.cli._import import import_command
 
 __all__ = ["main"]
 
@@ -64,8 +65,15 @@ def main() -> None:
     """AIVM: bit-identical integer inference of AI models."""
 
 
-def _spec_json(spec) -> dict[str, Any]:
-    return spec.to_json()
+def _spec_json(spec, scales: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A value spec as JSON; with its real scale when the program stores one (imported programs)."""
+    from aivm_jax.runtime._host import decode_scale
+
+    out = spec.to_json()
+    if scales and spec.name in scales:
+        out["scale"] = decode_scale(scales[spec.name])
+        out["scale_exact"] = dict(scales[spec.name])
+    return out
 
 
 @main.command()
@@ -74,14 +82,16 @@ def _spec_json(spec) -> dict[str, Any]:
 def info(file: Path, as_json: bool) -> None:
     """Show a program's model id, I/O specs, ops, parameters and fidelity."""
     from aivm_jax.quant import describe_fidelity
+    from aivm_jax.runtime._host import program_scales
 
     program = aivm_jax.load(file)
+    scales = program_scales(program)
     data = {
         "model_id": program.model_id,
         "name": program.name,
         "opset": program.opset,
-        "inputs": [_spec_json(s) for s in program.inputs],
-        "outputs": [_spec_json(s) for s in program.outputs],
+        "inputs": [_spec_json(s, scales) for s in program.inputs],
+        "outputs": [_spec_json(s, scales) for s in program.outputs],
         "ops": program.op_counts(),
         "params": program.param_count(),
         "fidelity": describe_fidelity(dict(program.metadata.get("fidelity", {}))),
@@ -91,8 +101,8 @@ def info(file: Path, as_json: bool) -> None:
     lines = [
         f"model id   {data['model_id']}",
         f"name       {program.name} (opset {program.opset})",
-        *[f"input      {s.name}: {s.describe()}" for s in program.inputs],
-        *[f"output     {s.name}: {s.describe()}" for s in program.outputs],
+        *[f"input      {s['name']}: {_describe(s)}" for s in data["inputs"]],
+        *[f"output     {s['name']}: {_describe(s)}" for s in data["outputs"]],
         f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}",
         f"params     {data['params']}",
     ]
@@ -102,6 +112,10 @@ def info(file: Path, as_json: bool) -> None:
             f"integer {fid['integer_accuracy_pct']}%, agreement {fid['agreement_pct']}%"
         )
     meta = program.metadata
+    if "onnx_fidelity" in meta:
+        from aivm_jax.cli._import import _fidelity_lines
+
+        lines.extend(_fidelity_lines(meta["onnx_fidelity"]))
     if "embedding_fidelity" in meta:
         f = meta["embedding_fidelity"]
         lines.append(
@@ -117,9 +131,18 @@ def info(file: Path, as_json: bool) -> None:
     _emit(data, as_json, "\n".join(lines))
 
 
+def _describe(spec_json: dict[str, Any]) -> str:
+    spec = aivm_jax.ValueSpec(**{k: v for k, v in spec_json.items() if k not in ("scale", "scale_exact")})
+    scale = f", scale {spec_json['scale']:.6g}" if "scale" in spec_json else ""
+    return spec.describe() + scale
+
+
 @main.command()
 @program_argument
-@input_option("Integer inputs with a leading batch axis: .npy or .json; .npz by input name.")
+@input_option(
+    "Inputs with a leading batch axis: .npy or .json; .npz by input name. Integers, or floats "
+    "for a program that stores its input scales (imported programs): quantized on the host."
+)
 @devices_option
 @json_option
 def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
@@ -134,7 +157,11 @@ def infer(file: Path, input_path: Path, devices: str, as_json: bool) -> None:
         "row_hashes": list(result.row_hashes),
         "outputs": result.outputs.tolist(),
     }
+    if result.input_quantized:
+        data["input_quantized"] = True
     lines = [f"model id     {result.model_id}", f"output hash  {result.output_hash}"]
+    if result.input_quantized:
+        lines.append("input        float, quantized on the host with the program's input scale")
     for i, (row, digest) in enumerate(zip(result.outputs, result.row_hashes)):
         summary = f" argmax {int(np.argmax(row))}" if row.ndim == 1 else ""
         lines.append(f"row {i}: {row.tolist()}{summary}  {digest}")
@@ -279,6 +306,9 @@ def batch(
         f"chunks       {result.chunks_computed} computed, {result.chunks_reused} reused"
     )
     _emit(result.to_json(), as_json, human)
+
+
+main.add_command(import_command)
 
 
 @main.group(cls=_AivmGroup)

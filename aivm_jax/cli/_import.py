@@ -1,0 +1,84 @@
+"""`aivm import`: an ONNX model plus calibration data in, a `.aivm` program out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["import_command"]
+
+
+def _dim(ctx, param, values: tuple[str, ...]) -> dict[str, int]:
+    dims = {}
+    for value in values:
+        name, sep, size = value.partition("=")
+        if not sep or not name or not size.isdigit() or int(size) < 1:
+            raise click.BadParameter(f"expected NAME=N with N >= 1, got {value!r}")
+        dims[name] = int(size)
+    return dims
+
+
+@click.command("import")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Float rows of real input data: .npy (one input) or .npz (one array per input name). "
+    "The last 20% are held out for the fidelity report.",
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .aivm."
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    callback=_dim,
+    help="Bind a symbolic dim other than the batch axis, e.g. --dim seq=128; repeatable.",
+)
+@click.option("--name", default=None, help="The program's name (default: the model file's stem).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def import_command(
+    model: Path, calibration: Path, output: Path, dims: dict[str, int], name: str | None, as_json: bool
+) -> None:
+    """Import an ONNX model (opsets 13-20) as an int8 program, calibrated on real data."""
+    import aivm_jax
+    from aivm_jax.quant import import_onnx
+
+    program = import_onnx(model, calibration, dims=dims, name=name)
+    model_id = aivm_jax.save(program, output)
+    fidelity = program.metadata["onnx_fidelity"]
+    data = {
+        "model_id": model_id,
+        "output": str(output),
+        "ops": program.op_counts(),
+        "params": program.param_count(),
+        "scales": program.metadata["scales"],
+        "fidelity": fidelity,
+    }
+    lines = [f"wrote {output}", f"model id   {model_id}"]
+    lines.append(f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}")
+    lines.extend(_fidelity_lines(fidelity))
+    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+def _fidelity_lines(fidelity: dict) -> list[str]:
+    """One line per output of an importer's fidelity report."""
+    lines = []
+    n = fidelity["examples"]
+    where = "held-out" if fidelity["held_out"] else "calibration"
+    for name, out in fidelity["outputs"].items():
+        agreement = (
+            f"argmax agreement {100 * out['argmax_agreement'] / out['argmax_positions']:.2f}%, "
+            if "argmax_agreement" in out
+            else ""
+        )
+        lines.append(
+            f"fidelity   {name} vs {fidelity['reference']} on {n} {where} rows: {agreement}"
+            f"cosine mean {out['cosine_mean_ppm'] / 1e6:.4f} (min {out['cosine_min_ppm'] / 1e6:.4f}), "
+            f"max error {out['max_abs_error_e6'] / 1e6:.4g}"
+        )
+    return lines
