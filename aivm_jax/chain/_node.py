@@ -139,6 +139,7 @@ class Node:
         self._loading: dict[str, Future[Program]] = {}
         self._bad_models: dict[str, tuple[str, float]] = {}
         self._jobs: dict[str, Future[str]] = {}
+        self._admitted: set[str] = set()  # requests that passed the policy, waiting for their program
         self._proof_window: int | None = None
         self._need_stake = True
 
@@ -228,6 +229,7 @@ class Node:
 
     def _finish(self, request_id: str, task: dict[str, Any], phase: str, reason: str) -> None:
         self._jobs.pop(request_id, None)
+        self._admitted.discard(request_id)
         level = logging.WARNING if phase == "refused" else logging.INFO
         log.log(level, "%s request %s %s: %s", self.address, request_id, phase, reason)
         self._set(task, phase=phase, reason=reason, input_data="", finished_at=time.time())
@@ -356,10 +358,12 @@ class Node:
             return False
         job = self._jobs.get(key)
         if job is None:
-            reason = self._policy_reason(int(key), task, now)
-            if reason is not None:
-                self._finish(key, task, "skipped", reason)
-                return False
+            if key not in self._admitted:  # once per request and process: it reads the chain
+                reason = self._policy_reason(int(key), task, now)
+                if reason is not None:
+                    self._finish(key, task, "skipped", reason)
+                    return False
+                self._admitted.add(key)
             try:
                 program = self._ready_program(task["model_id"])
             except _Refusal as refusal:
@@ -371,6 +375,7 @@ class Node:
         if not job.done():
             return False
         del self._jobs[key]
+        self._admitted.discard(key)
         try:
             output_hash = job.result()
         except Exception as error:  # noqa: BLE001 - any failure of this request's work refuses it alone

@@ -56,7 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self.send_error(404)
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            self.server.dropped += 1  # the client hung up
 
     def _drip(self, byte: bytes) -> None:
         while not self.server.stopping.is_set():
@@ -74,6 +74,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.files: dict[str, bytes] = {}
         self.hits: list[str] = []
         self.dripped = 0
+        self.dropped = 0
         self.stopping = threading.Event()
 
     @property

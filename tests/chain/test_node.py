@@ -9,7 +9,9 @@ from aivm_jax.conformance import DATA_DIR
 from ._nodes import phase, settle, step_until
 
 
-def test_three_nodes_agree_and_a_fresh_node_object_resumes(registered, mlp, mlp_inputs, chain, tmp_path):
+def test_three_nodes_agree_and_a_fresh_node_object_resumes(
+    registered, mlp, mlp_inputs, chain, clock, tmp_path
+):
     accounts = chain.w3.eth.accounts[1:4]
     nodes = [Node(registered.as_account(a), tmp_path / f"n{i}") for i, a in enumerate(accounts)]
     rid = registered.request(mlp.model_id, mlp_inputs, quorum=2, commit_window=20, reveal_window=20)
@@ -18,7 +20,7 @@ def test_three_nodes_agree_and_a_fresh_node_object_resumes(registered, mlp, mlp_
     nodes[0].close()
     nodes[0] = Node(registered.as_account(accounts[0]), tmp_path / "n0")
     assert phase(nodes[0], rid) == "committed"
-    assert settle(nodes, rid) == ["done"] * 3
+    assert settle(nodes, rid, clock) == ["done"] * 3
     info = registered.request_info(rid)
     assert info["status"] == "finalized" and info["reveals"] == 3
     assert info["output_hash"] == aivm_jax.infer(mlp, mlp_inputs).output_hash
