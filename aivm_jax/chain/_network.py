@@ -272,7 +272,18 @@ class Network:
           UntrustedVerifierError: not recorded here, or different.
         """
         v = self.chain.call(self.registry.functions.verifierOf(_bytes32(model_id)))
-        address, vka_digest, codehash = v[0], "0x" + v[1].hex(), "0x" + v[2].hex()
+        return self._confirm_verifier(model_id, v[0], "0x" + v[1].hex(), "0x" + v[2].hex(), verifiers_path)
+
+    def check_request_verifier(self, info: dict[str, Any], verifiers_path: Path | None = None) -> str | None:
+        """`check_verifier` for the verifier a request was made with (`request_info`'s snapshot),
+        which is the one that judges its proofs, whatever the registry says now."""
+        return self._confirm_verifier(
+            info["model_id"], info["verifier"], info["vka_digest"], info["verifier_codehash"], verifiers_path
+        )
+
+    def _confirm_verifier(
+        self, model_id: str, address: str, vka_digest: str, codehash: str, verifiers_path: Path | None
+    ) -> str | None:
         if int(address, 16) == 0:
             return None
         path = Path(verifiers_path or default_verifiers_path())
@@ -289,7 +300,7 @@ class Network:
         live = "0x" + keccak(bytes(self.chain.w3.eth.get_code(address))).hex()
         if (codehash, vka_digest) != (expected["codehash"], expected["vka_digest"]) or live != codehash:
             raise UntrustedVerifierError(
-                f"model {model_id}'s registered verifier {address} is not the one its program generates: "
+                f"model {model_id}'s verifier {address} is not the one its program generates: "
                 f"code hash {codehash} (live {live}), VKA digest {vka_digest}; expected "
                 f"{expected['codehash']}, {expected['vka_digest']} ({path}). Do not request or serve it."
             )

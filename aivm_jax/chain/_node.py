@@ -43,6 +43,7 @@ from aivm_jax._errors import (
     ResourceLimitError,
     TransactionRevertedError,
     TransactionTimeoutError,
+    UntrustedVerifierError,
     UriPolicyError,
 )
 from aivm_jax.chain._connect import chain_error, is_transport_error
@@ -52,7 +53,7 @@ from aivm_jax.chain._network import Network, RequestStatus
 from aivm_jax.chain._policy import DEFAULT_POLICY, NodePolicy
 from aivm_jax.chain._state import FINISHED, NodeState, StateKey, default_state_path
 from aivm_jax.program import Program, from_bytes
-from aivm_jax.runtime import infer, input_hash
+from aivm_jax.runtime import check_resources, infer, input_hash
 
 __all__ = ["DEFAULT_LOOKBACK", "DEFAULT_SCAN_BLOCKS", "Node", "NodeState"]
 
@@ -411,6 +412,10 @@ class Node:
         lock = task["reveal_deadline"] - now
         if int(info.get("verifier") or "0x0", 16):
             lock += self._proof_seconds()
+            try:
+                self.network.check_request_verifier(info, self.policy.verifiers)
+            except UntrustedVerifierError as error:
+                return str(error)
         if lock > p.max_lock:
             return f"a bond would stay locked {lock} s, longer than this node's {p.max_lock} s (--max-lock)"
         return None
@@ -487,9 +492,7 @@ class Node:
         except ModelFileError:
             path.unlink(missing_ok=True)  # fetched again next time
             raise
-        check = getattr(self.network, "check_registration", None)
-        if check is not None:
-            check(program, record)
+        self.network.check_registration(program, record)
         return program
 
     def _compute(self, program: Program, task: dict[str, Any]) -> str:
@@ -522,10 +525,6 @@ class Node:
 
 def _check_budget(program: Program, rows: int, policy: NodePolicy) -> None:
     """Refuse a request over the node's memory or work budget, by the program's static estimate."""
-    try:
-        from aivm_jax.runtime import check_resources
-    except ImportError:  # pragma: no cover - the hook for runtimes without an estimate
-        return
     check_resources(program, rows, max_bytes=policy.max_infer_bytes, max_work=policy.max_work)
 
 

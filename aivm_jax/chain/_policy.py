@@ -69,6 +69,10 @@ class NodePolicy:
       model_schemes: network schemes accepted for program URIs.
       local_models: accept program URIs that are local paths (``file://`` or plain).
       retention: seconds a finished task stays in the state file.
+      verifiers: the verifiers this node generated from programs (`aivm prove verifier`;
+        default ``~/.cache/aivm/verifiers.json``). A request made with a proof verifier
+        that is not among them is skipped: a dishonest verifier could accept a proof of
+        another output and slash this node's honest reveal.
     """
 
     min_fee: int = 1
@@ -86,6 +90,7 @@ class NodePolicy:
     model_schemes: frozenset[str] = _NETWORK_SCHEMES
     local_models: bool = True
     retention: float = 7 * 86_400.0
+    verifiers: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_fee", "min_reveal_window"):

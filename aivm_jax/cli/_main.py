@@ -839,6 +839,13 @@ def _describe_request(info: dict[str, Any]) -> str:
     show_default=True,
     help="Fetch programs registered at local paths (regular files only, checked against their id).",
 )
+@click.option(
+    "--verifiers",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Verifiers this node generated (default ~/.cache/aivm/verifiers.json); requests made "
+    "with any other proof verifier are skipped.",
+)
 @click.option("--faulty", is_flag=True, hidden=True, help="Report wrong output hashes (tests of slashing).")
 def node(
     rpc_url: str,
@@ -858,6 +865,7 @@ def node(
     max_memory_mb: float,
     download_timeout: float,
     local_models: bool,
+    verifiers: Path | None,
     faulty: bool,
 ) -> None:
     """Run an AIVM node: stake, watch requests, infer, commit and reveal; resumes after a restart.
@@ -885,6 +893,7 @@ def node(
             max_infer_bytes=int(max_memory_mb * mib),
             download_timeout=download_timeout,
             local_models=local_models,
+            verifiers=verifiers,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None

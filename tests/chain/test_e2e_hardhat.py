@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import aivm_jax
-from aivm_jax.chain import Chain, Network
+from aivm_jax.chain import Chain, Network, StateKey, default_state_path
 from aivm_jax.chain._devnet import DEVNET_DIR, devnet_command
 from aivm_jax.conformance import DATA_DIR
 
@@ -179,7 +179,8 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
 
         # crash an honest node right after it commits, restart it, and lose nothing
         third = network.request(program.model_id, x[9:12], quorum=3, commit_window=20, reveal_window=60)
-        state = dirs[0] / f"node-{addresses[0]}.json"
+        key = StateKey(network.chain.chain_id, network.market_address, addresses[0])
+        state = default_state_path(dirs[0], key)
 
         def committed():
             task = json.loads(state.read_text())["tasks"].get(str(third), {})

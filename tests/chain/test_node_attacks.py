@@ -207,3 +207,24 @@ def test_a_program_larger_than_the_node_accepts_is_refused_before_it_is_fetched(
         rid = registered.request(cnn.model_id, np.zeros((1, *cnn.inputs[0].shape), np.int8), quorum=1)
         task = _refused(node, rid, "the size limit")
         assert "over this node's limit" in task["reason"] and server.hits == []
+
+
+def test_requests_judged_by_a_verifier_the_node_did_not_generate_are_skipped(
+    make_node, registered, chain, mlp, mlp_inputs, clock, tmp_path
+):
+    # a proof through a dishonest verifier could finalize another output and slash the node's
+    # honest reveal, so the node serves only requests whose verifier it generated itself
+    from eth_utils import keccak
+
+    from aivm_jax.chain import artifact, record_verifier
+
+    records = tmp_path / "verifiers.json"
+    node = make_node(NodePolicy(verifiers=records, max_lock=10**6))
+    evil = chain.deploy(artifact("AcceptAllVerifier")["abi"], artifact("AcceptAllVerifier")["bytecode"])
+    registered.set_verifier(mlp.model_id, evil)
+    rid = registered.request(mlp.model_id, mlp_inputs, quorum=1, commit_window=20, reveal_window=20)
+    task = _refused(node, rid, "the skip")
+    assert task["phase"] == "skipped" and "has not generated" in task["reason"]
+    # once the node has generated (and so recorded) that verifier, it serves
+    record_verifier(mlp.model_id, "0x" + keccak(bytes(chain.w3.eth.get_code(evil))).hex(), None, records)
+    _serves_honestly(node, registered, mlp, mlp_inputs, clock)
