@@ -198,3 +198,12 @@ __all__ += [
     "TransactionTimeoutError",
     "UriPolicyError",
 ]
+
+
+class CommitmentError(AivmError, ValueError):
+    """A dispute commitment (`aivm_jax.disputes`) cannot be built or read as asked: an empty
+    tree, a leaf that is not 32 bytes, a step, slice or parameter that does not exist. The
+    message names what exists."""
+
+
+__all__ += ["CommitmentError"]

@@ -23,8 +23,15 @@ CONTRACT_NAMES = (
     "AcceptAllVerifier",
     "RejectAllVerifier",
     "ReentrantVerifier",
+    "MerkleCheck",
 )
-_SOURCES = ("ModelRegistry.sol", "InferenceMarket.sol", "test/ReentrantNode.sol", "test/TestVerifiers.sol")
+_SOURCES = (
+    "ModelRegistry.sol",
+    "InferenceMarket.sol",
+    "test/ReentrantNode.sol",
+    "test/TestVerifiers.sol",
+    "test/MerkleCheck.sol",
+)
 OPTIMIZE_RUNS = 200
 
 

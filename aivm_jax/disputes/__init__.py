@@ -1,0 +1,41 @@
+"""Dispute commitments: Merkle roots over a program's steps and tensors and over a request's trace.
+
+The off-chain half of the dispute game (issue 20): a **model commitment** binds every step
+descriptor and every slice of every parameter of a program; a **trace** binds every step's
+output for one request input; both are Merkle trees in OpenZeppelin's conventions, so a
+contract proves one step or one slice with ``MerkleProof.verify`` and O(log n) calldata.
+Byte layouts: ``docs/spec/commitments.md``. Checking a proof needs only Keccak (`verify`).
+"""
+
+from aivm_jax.disputes._keccak import keccak256
+from aivm_jax.disputes._leaves import (
+    DTYPE_CODES,
+    SLICE_BYTES,
+    TAGS,
+    encode_leaf,
+    leaf,
+    rows_per_slice,
+    slice_count,
+    tag,
+    tensor_slices,
+)
+from aivm_jax.disputes._merkle import hash_leaf, hash_pair, merkle_proof, merkle_root, process_proof, verify
+
+__all__ = [
+    "DTYPE_CODES",
+    "SLICE_BYTES",
+    "TAGS",
+    "encode_leaf",
+    "hash_leaf",
+    "hash_pair",
+    "keccak256",
+    "leaf",
+    "merkle_proof",
+    "merkle_root",
+    "process_proof",
+    "rows_per_slice",
+    "slice_count",
+    "tag",
+    "tensor_slices",
+    "verify",
+]
