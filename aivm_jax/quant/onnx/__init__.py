@@ -7,7 +7,7 @@ without one are all reported by `UnsupportedOnnxError` before any work.
 The ``onnx`` package (the ``proofs`` extra) is needed only when importing.
 """
 
-from aivm_jax.quant.onnx import _ops  # noqa: F401  (registers the converters)
+from aivm_jax.quant.onnx import _ops, _ops_transformer  # noqa: F401  (register the converters)
 from aivm_jax.quant.onnx._errors import OnnxImportError, UnsupportedOnnxError
 from aivm_jax.quant.onnx._import import OUTPUT_INT32_BITS, import_onnx, load_calibration
 from aivm_jax.quant.onnx._registry import FOLDABLE, converters

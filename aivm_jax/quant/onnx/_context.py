@@ -53,6 +53,10 @@ class Context:
         (a folded ``BatchNormalization``) the node applies to its output.
       absorbed: names of nodes whose work another node already did.
       patterns: the subgraphs replaced, for the program's provenance.
+      probabilities: program values holding softmax probabilities (int32, at most
+        ``2**15``): a product may read them as they are.
+      shared: program names of values and parameters built once per program
+        (the softmax table, the all-ones key mask of each length).
     """
 
     def __init__(self, graph: OnnxGraph, builder: GraphBuilder, reserved: set[str]) -> None:
@@ -62,6 +66,8 @@ class Context:
         self.fused: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.absorbed: set[str] = set()
         self.patterns: list[dict[str, Any]] = []
+        self.probabilities: set[str] = set()
+        self.shared: dict[Any, str] = {}
         self._taken = set(reserved)
         self._int8_cache: dict[tuple[str, bool, float | None], Val] = {}
 

@@ -179,8 +179,10 @@ def check_op_types(model, opset: int) -> None:
 def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tuple[int, ...]]:
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+    types = {v.name: v.type.tensor_type.elem_type or TensorProto.FLOAT for v in model.graph.input}
     value_inputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *row]) for name, row in inputs.items()
+        helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), [BATCH, *row])
+        for name, row in inputs.items()
     ]
     graph = helper.make_graph(
         [n for n in graph_nodes],
@@ -299,10 +301,14 @@ def read_graph(model, dims: Mapping[str, int] | None = None) -> OnnxGraph:
     )
 
 
-def check_supported(graph: OnnxGraph) -> None:
-    """Every node left must have a converter whose check passes; all problems are reported together."""
+def check_supported(graph: OnnxGraph, consumed: frozenset[str] | set[str] = frozenset()) -> None:
+    """Every node left must have a converter whose check passes; all problems are reported together.
+
+    Nodes in ``consumed`` belong to a matched pattern, which converts them as one unit."""
     problems = []
     for node in graph.nodes:
+        if node.name in consumed:
+            continue
         converter = find(node.op_type, graph.opset)
         if converter is None:
             why = (

@@ -15,7 +15,7 @@ from aivm_jax.quant.onnx._context import Context, Val, sanitize
 from aivm_jax.quant.onnx._errors import OnnxImportError
 from aivm_jax.quant.onnx._fidelity import compare_outputs, run_float
 from aivm_jax.quant.onnx._graph import check_supported, read_graph
-from aivm_jax.quant.onnx._patterns import fold_batch_norms
+from aivm_jax.quant.onnx._patterns import fold_batch_norms, match_patterns
 from aivm_jax.quant.onnx._registry import find
 from aivm_jax.runtime._host import SCALES_KEY, decode_scale, encode_scale, quantize_to_scale
 
@@ -147,8 +147,13 @@ def import_onnx(
     """
     onnx_model = _load_model(model)
     graph = read_graph(onnx_model, dims)
-    check_supported(graph)
+    int_inputs = _integer_inputs(onnx_model, graph)
+    matches = match_patterns(graph, onnx_model, set(int_inputs))
+    consumed = {n for m in matches for n in m.nodes}
+    check_supported(graph, consumed)
+    kinds = _input_kinds(graph, int_inputs, matches)
     arrays = _calibration_arrays(graph, calibration)
+    _check_integer_rows(arrays, kinds)
     rows = next(iter(arrays.values())).shape[0]
     held = int(rows * holdout) if rows >= 10 and 0 < holdout < 1 else 0
     calib = {k: v[: rows - held] for k, v in arrays.items()}
@@ -163,18 +168,33 @@ def import_onnx(
     scales: dict[str, dict[str, int]] = {}
     feeds, input_scales = {}, {}
     for onnx_name, program_name in input_names.items():
+        if onnx_name in kinds:  # token ids or a key mask: integers as they are, no scale
+            feeds[program_name] = calib[onnx_name].astype(kinds[onnx_name][0])
+            continue
         top = max(float(np.abs(calib[onnx_name]).max()), 1e-8)
         scales[program_name] = encode_scale(top / 127.0)
         input_scales[program_name] = decode_scale(scales[program_name])
         feeds[program_name] = quantize_to_scale(calib[onnx_name], scales[program_name])
-    specs = tuple(ValueSpec(name=input_names[n], dtype="int8", shape=row) for n, row in graph.inputs.items())
+    specs = tuple(
+        ValueSpec(name=input_names[n], dtype=kinds[n][0], shape=row, bounds=kinds[n][1])
+        if n in kinds
+        else ValueSpec(name=input_names[n], dtype="int8", shape=row)
+        for n, row in graph.inputs.items()
+    )
     builder = GraphBuilder(name, specs, feeds, input_scales)
     ctx = Context(graph, builder, reserved=set(input_names.values()) | set(output_names.values()))
     for onnx_name, program_name in input_names.items():
         ctx.bind(onnx_name, Val(program_name))
     fold_batch_norms(ctx)
+    anchors = {m.anchor: m for m in matches}
     for node in graph.nodes:
-        find(node.op_type, graph.opset).convert(ctx, node)
+        match = anchors.get(node.name)
+        if match is not None:
+            if match.convert is not None:
+                match.convert(ctx, match)
+            ctx.patterns.append({"pattern": match.pattern, "nodes": list(match.nodes)})
+        elif node.name not in consumed:
+            find(node.op_type, graph.opset).convert(ctx, node)
     outputs = []
     for onnx_name, program_name in output_names.items():
         out, scale = _finish_output(ctx, onnx_name, program_name)
@@ -198,7 +218,55 @@ def import_onnx(
             SCALES_KEY: {k: scales[k] for k in sorted(scales)},
         },
     )
+    test = {k: v.astype(np.int64) if k in kinds else v for k, v in test.items()}
     return program.with_metadata(onnx_fidelity=_fidelity(onnx_model, program, test, input_names, held > 0))
+
+
+_INTEGER_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13})  # (U)INT8/16/32/64 and BOOL
+
+
+def _integer_inputs(model, graph) -> list[str]:
+    """Graph inputs of an integer (or boolean) element type: token ids and masks."""
+    return [
+        v.name
+        for v in model.graph.input
+        if v.name in graph.inputs and v.type.tensor_type.elem_type in _INTEGER_TYPES
+    ]
+
+
+def _input_kinds(graph, int_inputs, matches) -> dict[str, tuple[str, tuple[int, int] | None]]:
+    """Program dtype and value bounds of each integer input.
+
+    A key mask is int8 in ``[0, 1]``; token ids that index constant tables are
+    int32 in ``[0, V - 1]`` for the smallest table ``V``; an integer input read
+    only through folded shapes is int32 without bounds.
+    """
+    masks = {name for m in matches for name in m.params.get("inputs", ())}
+    kinds = {}
+    consumers = graph.consumers()
+    for name in int_inputs:
+        if name in masks:
+            kinds[name] = ("int8", (0, 1))
+            continue
+        tables = [
+            graph.const(node.inputs[0]).shape[0]
+            for node in consumers.get(name, [])
+            if node.op_type == "Gather" and node.inputs[1] == name and graph.const(node.inputs[0]) is not None
+        ]
+        kinds[name] = ("int32", (0, min(tables) - 1) if tables else None)
+    return kinds
+
+
+def _check_integer_rows(arrays, kinds) -> None:
+    for name, (_, bounds) in kinds.items():
+        values = arrays[name]
+        if not np.array_equal(values, np.round(values)):
+            raise OnnxImportError(f"calibration data for integer input {name!r} must hold integers")
+        if bounds is not None and (values.min() < bounds[0] or values.max() > bounds[1]):
+            raise OnnxImportError(
+                f"calibration data for {name!r} must lie in [{bounds[0]}, {bounds[1]}], "
+                f"got [{int(values.min())}, {int(values.max())}]"
+            )
 
 
 def _fidelity(onnx_model, program: Program, test, input_names, held_out: bool) -> dict[str, Any]:

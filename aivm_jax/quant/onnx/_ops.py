@@ -152,10 +152,17 @@ def _gemm(ctx: Context, node: OnnxNode) -> None:
 
 def _check_matmul(graph, node):
     if graph.const(node.inputs[0]) is not None:
-        return "a constant left operand is not supported (only activation @ constant)"
-    reason = _need_const(graph, node, 1, "right operand")
-    if reason:
-        return reason
+        return (
+            "a constant left operand is not supported (only activation @ constant or activation @ activation)"
+        )
+    if graph.const(node.inputs[1]) is None:
+        sa, sb = _shape(graph, node.inputs[0]), _shape(graph, node.inputs[1])
+        if sa is not None and sb is not None and (len(sa) != len(sb) or len(sa) < 3 or sa[1:-2] != sb[1:-2]):
+            return (
+                f"a product of two activations needs operands (batch, ..., M, K) and (batch, ..., K, N) "
+                f"with the same leading axes, got {sa} and {sb}"
+            )
+        return None
     if graph.const(node.inputs[1]).ndim != 2:
         return f"the constant operand must be a (K, N) matrix, got {graph.const(node.inputs[1]).shape}"
     shape = _shape(graph, node.inputs[0])
@@ -166,10 +173,29 @@ def _check_matmul(graph, node):
 
 @register("MatMul", check=_check_matmul)
 def _matmul(ctx: Context, node: OnnxNode) -> None:
+    if ctx.const(node.inputs[1]) is None:
+        _batch_matmul(ctx, ctx.node_input(node, 0), ctx.node_input(node, 1), node.outputs[0])
+        return
     x = ctx.onnx_order(ctx.int8(ctx.node_input(node)))
     weight = np.asarray(ctx.const(node.inputs[1]), np.float64)
     weight, bias = _fold_affine(ctx, node, weight, np.zeros(weight.shape[1]))
     _emit_linear(ctx, x, weight, bias, node.outputs[0])
+
+
+def _operand(ctx: Context, x: Val) -> Val:
+    """``x`` as a `batch_matmul` operand: int8, or the int32 probabilities of a softmax (at most 2**15)."""
+    x = ctx.onnx_order(x)
+    return x if x.name in ctx.probabilities else ctx.int8(x)
+
+
+def _batch_matmul(ctx: Context, a: Val, b: Val, output: str) -> Val:
+    """``a @ b`` of two activations (attention's scores and context) as int32 at ``sa * sb``."""
+    a, b = _operand(ctx, a), _operand(ctx, b)
+    builder = ctx.builder
+    scale = float(builder.scales[a.name]) * float(builder.scales[b.name])
+    out = builder.op("batch_matmul", [a.name, b.name], ctx.fresh(output), scale)
+    ctx.bind(output, Val(out))
+    return Val(out)
 
 
 def _check_conv(graph, node):
@@ -278,14 +304,20 @@ def _check_add(graph, node):
     shape = _shape(graph, act)
     if shape is None:
         return None
-    found = _channel_vector(graph, shape, c)
-    channel_axis = 1 if len(shape) == 4 else len(shape) - 1
-    if len(shape) < 2 or found is None or found[1] not in (-1, channel_axis):
+    if len(shape) < 2 or not _fits_row(np.shape(c), shape):
         return (
-            f"a constant of shape {np.shape(c)} added to {shape}: only scalars and per-channel "
-            "constants (along axis 1 of a 4-D tensor, else the last axis) are supported"
+            f"a constant of shape {np.shape(c)} added to {shape}: the constant must broadcast to the "
+            "activation without growing it or varying along the batch axis"
         )
     return None
+
+
+def _fits_row(c_shape: tuple[int, ...], act_shape: tuple[int, ...]) -> bool:
+    """A constant of ``c_shape`` broadcasts to ``act_shape`` unchanged, constant along the batch axis."""
+    if len(c_shape) > len(act_shape):
+        return False
+    full = (1,) * (len(act_shape) - len(c_shape)) + tuple(c_shape)
+    return full[0] == 1 and all(c in (1, a) for c, a in zip(full[1:], act_shape[1:]))
 
 
 def _add_two(ctx: Context, a: Val, b: Val, sign: int, output: str) -> Val:
@@ -322,14 +354,21 @@ def _widen(ctx: Context, x: Val) -> Val:
         builder.param(f"{name}.b_multiplier", np.int32(0)),
         builder.param(f"{name}.shift", np.int32(0)),
     ]
-    scale = float(builder.scales[x.name]) / 2**_WIDEN_BITS
+    scale = np.asarray(builder.scales[x.name], np.float64) / 2**_WIDEN_BITS
+    scale = float(scale) if scale.ndim == 0 else scale
     builder.op("add", [x.name, x.name, *params], name, scale, out_dtype="int32")
     return Val(name, x.channels_last)
 
 
 def _add_constant(ctx: Context, x: Val, c: np.ndarray, output: str) -> None:
-    vector, axis = _channel_vector(ctx.graph, (1, *ctx.shape(x)), c)
-    if axis == 1 and len(ctx.shape(x)) == 3:
+    row = ctx.shape(x)
+    found = _channel_vector(ctx.graph, (1, *row), c)
+    channel_axis = 1 if len(row) == 3 else len(row)
+    if found is None or found[1] not in (-1, channel_axis):
+        _add_full_constant(ctx, x, c, output)
+        return
+    vector, axis = found
+    if axis == 1 and len(row) == 3:
         x = ctx.nhwc(x)
     if ctx.dtype(x) == "int8":
         x = _widen(ctx, x)
@@ -341,6 +380,33 @@ def _add_constant(ctx: Context, x: Val, c: np.ndarray, output: str) -> None:
     builder.param(f"{name}.bias", quantize_bias(bias, scale))
     builder.op("bias_add", [x.name, f"{name}.bias"], name, builder.scales[x.name])
     ctx.bind(output, Val(name, x.channels_last))
+
+
+def _add_full_constant(ctx: Context, x: Val, c: np.ndarray, output: str) -> None:
+    """``x + c`` for a constant that varies along several axes (a position embedding, say).
+
+    The row is flattened, one ``bias_add`` adds the flattened constant, and the
+    row takes its shape back; a per-channel scale is tiled along the flat axis.
+    """
+    x = ctx.onnx_order(x)
+    if ctx.dtype(x) == "int8":
+        x = _widen(ctx, x)
+    builder = ctx.builder
+    row = ctx.shape(x)
+    values = np.asarray(c, np.float64)
+    if values.ndim > len(row):  # a leading batch axis of size 1
+        values = values.reshape(values.shape[1:])
+    values = np.broadcast_to(values, row)
+    size = int(np.prod(row))
+    scale = np.asarray(builder.scales[x.name], np.float64)
+    flat_scale = np.broadcast_to(scale, row).reshape(-1) if scale.ndim else float(scale)
+    name = ctx.fresh(output)
+    flat = builder.op("reshape", [x.name], f"{name}.flat", flat_scale, shape=(size,))
+    bias = quantize_bias(values.reshape(-1), np.broadcast_to(np.asarray(flat_scale), (size,)))
+    builder.param(f"{name}.bias", bias)
+    summed = builder.op("bias_add", [flat, f"{name}.bias"], f"{name}.sum", flat_scale)
+    builder.op("reshape", [summed], name, builder.scales[x.name], shape=row)
+    ctx.bind(output, Val(name))
 
 
 @register("Add", check=_check_add)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from aivm_jax.quant.onnx._context import Context
-from aivm_jax.quant.onnx._ops import _bn_affine
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["fold_batch_norms"]
+import numpy as np
+
+from aivm_jax.quant.onnx._context import Context
+from aivm_jax.quant.onnx._errors import OnnxImportError
+from aivm_jax.quant.onnx._graph import OnnxGraph, OnnxNode
+from aivm_jax.quant.onnx._ops import _bn_affine
+from aivm_jax.quant.onnx._ops_transformer import emit_gelu, emit_layer_norm, emit_softmax
+
+__all__ = ["MASK_FLOOR", "Match", "fold_batch_norms", "match_patterns"]
 
 _FOLDS_INTO = {"Conv", "Gemm", "MatMul"}
 
@@ -39,3 +49,508 @@ def fold_batch_norms(ctx: Context) -> None:
         ctx.patterns.append(
             {"pattern": f"{layer.op_type}+BatchNormalization", "nodes": [layer.name, node.name]}
         )
+
+
+# --------------------------------------------------------------------------- transformer patterns
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A subgraph converted as one unit.
+
+    Attributes:
+      pattern: what it replaces (recorded in the program's ``source.patterns``).
+      nodes: every node it consumes, in graph order; none of their intermediate
+        values is read outside the subgraph or is a graph output.
+      anchor: the node at which it is converted (its last; every input is ready there).
+      convert: ``convert(ctx, match)``; ``None`` for a subgraph whose work others do.
+      params: what the converter needs (input and output names, constants).
+    """
+
+    pattern: str
+    nodes: tuple[str, ...]
+    anchor: str
+    convert: Callable[[Context, Match], None] | None
+    params: Mapping[str, Any]
+
+
+class _View:
+    """Graph lookups the matchers share."""
+
+    def __init__(self, graph: OnnxGraph) -> None:
+        self.graph = graph
+        self.producer = graph.producer_of()
+        self.consumers = graph.consumers()
+        self.order = {node.name: i for i, node in enumerate(graph.nodes)}
+
+    def users(self, value: str) -> list[OnnxNode]:
+        return self.consumers.get(value, [])
+
+    def only_user(self, value: str, op_type: str | tuple[str, ...]) -> OnnxNode | None:
+        """The single consumer of an internal value, if it has that op type."""
+        users = self.users(value)
+        types = (op_type,) if isinstance(op_type, str) else op_type
+        if len(users) != 1 or value in self.graph.outputs or users[0].op_type not in types:
+            return None
+        return users[0]
+
+    def scalar(self, name: str) -> float | None:
+        c = self.graph.const(name)
+        return float(np.asarray(c).reshape(-1)[0]) if c is not None and np.size(c) == 1 else None
+
+    def other(self, node: OnnxNode, value: str) -> str:
+        """The operand of a two-input node that is not ``value``."""
+        a, b = node.inputs[:2]
+        return b if a == value else a
+
+    def match(self, pattern: str, nodes: list[OnnxNode], convert, **params) -> Match:
+        ordered = sorted(nodes, key=lambda n: self.order[n.name])
+        return Match(pattern, tuple(n.name for n in ordered), ordered[-1].name, convert, params)
+
+
+def _last_axis_mean(view: _View, node: OnnxNode) -> bool:
+    shape = view.graph.shapes.get(node.inputs[0])
+    if node.op_type != "ReduceMean" or shape is None or not node.attrs.get("keepdims", 1):
+        return False
+    if view.graph.opset >= 18:
+        axes = view.graph.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])]
+    return axes is not None and [a % len(shape) for a in axes] == [len(shape) - 1] and len(shape) >= 2
+
+
+def _match_layer_norm(view: _View, mean: OnnxNode) -> Match | None:
+    """``ReduceMean -> Sub -> Pow(2) -> ReduceMean -> Add(eps) -> Sqrt -> Div [-> Mul(gamma)] [-> Add(beta)]``.
+
+    What PyTorch's exporter writes for ``nn.LayerNorm`` at opsets below 17. The
+    chain reads one value ``x``: the first mean and the ``Sub`` both read it.
+    """
+    if not _last_axis_mean(view, mean):
+        return None
+    x = mean.inputs[0]
+    sub = view.only_user(mean.outputs[0], "Sub")
+    if sub is None or sub.inputs != (x, mean.outputs[0]):
+        return None
+    users = view.users(sub.outputs[0])
+    if len(users) != 2 or sub.outputs[0] in view.graph.outputs:
+        return None
+    pow_ = next((u for u in users if u.op_type == "Pow" and u.inputs[0] == sub.outputs[0]), None)
+    div = next((u for u in users if u.op_type == "Div" and u.inputs[0] == sub.outputs[0]), None)
+    if pow_ is None or div is None or view.scalar(pow_.inputs[1]) != 2.0:
+        return None
+    var = view.only_user(pow_.outputs[0], "ReduceMean")
+    if var is None or not _last_axis_mean(view, var):
+        return None
+    add = view.only_user(var.outputs[0], "Add")
+    eps = None if add is None else view.scalar(view.other(add, var.outputs[0]))
+    sqrt = None if add is None else view.only_user(add.outputs[0], "Sqrt")
+    if eps is None or sqrt is None or view.only_user(sqrt.outputs[0], "Div") is not div:
+        return None
+    if div.inputs[1] != sqrt.outputs[0]:
+        return None
+    nodes, out, gamma, beta = [mean, sub, pow_, var, add, sqrt, div], div.outputs[0], None, None
+    d = view.graph.shapes[x][-1]
+    for op_type in ("Mul", "Add"):
+        step = view.only_user(out, op_type)
+        c = None if step is None else view.graph.const(view.other(step, out))
+        if c is None or np.size(c) not in (1, d) or (np.ndim(c) > 1 and np.shape(c)[-1] != np.size(c)):
+            if op_type == "Mul":
+                continue
+            break
+        if op_type == "Mul":
+            gamma = np.asarray(c, np.float64).reshape(-1)
+        else:
+            beta = np.asarray(c, np.float64).reshape(-1)
+        nodes.append(step)
+        out = step.outputs[0]
+    return view.match(
+        "LayerNormalization(ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add)",
+        nodes,
+        _convert_layer_norm,
+        x=x,
+        output=out,
+        gamma=gamma,
+        beta=beta,
+        eps=eps,
+    )
+
+
+def _convert_layer_norm(ctx: Context, match: Match) -> None:
+    p = match.params
+    emit_layer_norm(ctx, ctx.val(p["x"]), p["gamma"], p["beta"], p["eps"], p["output"])
+
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _match_gelu(view: _View, erf: OnnxNode) -> Match | None:
+    """``Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add(1) -> Mul, Mul`` with ``x`` and ``0.5``.
+
+    The two multiplications may come in either order: ``(x * (1 + erf)) * 0.5``,
+    ``x * ((1 + erf) * 0.5)`` or ``(x * 0.5) * (1 + erf)``.
+    """
+    scale = view.producer.get(erf.inputs[0])
+    if (
+        scale is None
+        or scale.op_type not in ("Div", "Mul")
+        or view.only_user(scale.outputs[0], "Erf") is not erf
+    ):
+        return None
+    x = scale.inputs[0]
+    c = view.scalar(scale.inputs[1])
+    want = _SQRT2 if scale.op_type == "Div" else 1.0 / _SQRT2
+    if c is None or abs(c - want) > 1e-4 or view.graph.const(x) is not None:
+        return None
+    add = view.only_user(erf.outputs[0], "Add")
+    if add is None or view.scalar(view.other(add, erf.outputs[0])) != 1.0:
+        return None
+    first = view.only_user(add.outputs[0], "Mul")
+    if first is None:
+        return None
+    partner = view.other(first, add.outputs[0])
+    half_of_x = view.producer.get(partner)
+    if partner == x:  # (x * (1 + erf)) * 0.5
+        second = view.only_user(first.outputs[0], "Mul")
+        half = None if second is None else view.scalar(view.other(second, first.outputs[0]))
+        nodes = [scale, erf, add, first, second]
+    elif view.scalar(partner) == 0.5:  # x * ((1 + erf) * 0.5)
+        second = view.only_user(first.outputs[0], "Mul")
+        half = 0.5 if second is not None and view.other(second, first.outputs[0]) == x else None
+        nodes = [scale, erf, add, first, second]
+    elif (
+        half_of_x is not None
+        and half_of_x.op_type == "Mul"
+        and view.only_user(partner, "Mul") is first
+        and x in half_of_x.inputs
+    ):  # (x * 0.5) * (1 + erf)
+        second = first
+        half = view.scalar(view.other(half_of_x, x))
+        nodes = [scale, erf, add, half_of_x, first]
+    else:
+        return None
+    if second is None or half != 0.5:
+        return None
+    return view.match("Gelu(Div/Erf/Add/Mul/Mul)", nodes, _convert_gelu, x=x, output=second.outputs[0])
+
+
+def _convert_gelu(ctx: Context, match: Match) -> None:
+    emit_gelu(ctx, ctx.val(match.params["x"]), match.params["output"])
+
+
+# --------------------------------------------------------------------------- attention masks
+
+MASK_FLOOR = -1e4
+"""An additive mask entry at or below this removes its key (``exp(-1e4)`` is 0 in float32)."""
+
+_MASK_OPS = frozenset(
+    {
+        "And",
+        "Add",
+        "Cast",
+        "Concat",
+        "Equal",
+        "Expand",
+        "Greater",
+        "GreaterOrEqual",
+        "Identity",
+        "Less",
+        "LessOrEqual",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "Reshape",
+        "Slice",
+        "Squeeze",
+        "Sub",
+        "Unsqueeze",
+        "Where",
+    }
+)
+"""Op types a key mask may be built of from ``attention_mask`` at run time (what PyTorch's
+exporter and transformers' mask helpers write once the shape chains are folded)."""
+
+
+def _mask_cone(view: _View, seeds: set[str]) -> dict[str, OnnxNode]:
+    """Nodes computed from integer graph inputs (and constants) alone: value name -> producer."""
+    cone: dict[str, OnnxNode] = {}
+    for node in view.graph.nodes:
+        live = [n for n in node.inputs if n and view.graph.const(n) is None]
+        if live and node.op_type in _MASK_OPS and all(n in seeds or n in cone for n in live):
+            cone.update({out: node for out in node.outputs if out})
+    return cone
+
+
+def _ancestors(cone: dict[str, OnnxNode], value: str, seeds: set[str]) -> tuple[list[OnnxNode], set[str]]:
+    nodes, reached, stack = {}, set(), [value]
+    while stack:
+        name = stack.pop()
+        if name in seeds:
+            reached.add(name)
+        elif name in cone and cone[name].name not in nodes:
+            nodes[cone[name].name] = cone[name]
+            stack.extend(n for n in cone[name].inputs if n)
+    return list(nodes.values()), reached
+
+
+def _probe_masks(t: int) -> np.ndarray:
+    """0/1 key masks (rows) that tell a key mask from anything else: padding on either side, holes."""
+    rows = [np.ones(t, np.int64)]
+    for k in sorted({1, 2, t // 2, t - 1} - {0}):
+        rows.append(np.r_[np.ones(t - k), np.zeros(k)])
+        rows.append(np.r_[np.zeros(k), np.ones(t - k)])
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        row = rng.integers(0, 2, t)
+        row[rng.integers(t)] = 1
+        rows.append(row)
+    return np.array(rows, np.int64)
+
+
+def _evaluate_values(model, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Values of the original model for ``feeds`` (onnxruntime, else ``onnx.reference``).
+
+    Only the nodes that the values need are run."""
+    from onnx import helper
+
+    producer = {out: node for node in model.graph.node for out in node.output}
+    needed, stack = set(), list(names)
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(n for n in node.input if n)
+            for attr in node.attribute:  # subgraphs (If, Loop) read outer values too
+                stack.extend(n for g in (attr.g, *attr.graphs) for sub in g.node for n in sub.input if n)
+    nodes = [node for node in model.graph.node if id(node) in needed]
+    read = {n for node in nodes for n in node.input}
+    graph = helper.make_graph(
+        nodes,
+        "aivm_probe",
+        [v for v in model.graph.input if v.name in read],
+        [helper.make_empty_tensor_value_info(n) for n in names],
+        initializer=[t for t in model.graph.initializer if t.name in read],
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    feeds = {v.name: feeds[v.name] for v in graph.input}
+    try:
+        import onnxruntime
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        return [np.asarray(v) for v in ReferenceEvaluator(sub).run(names, feeds)]
+    session = onnxruntime.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(v) for v in session.run(names, feeds)]
+
+
+def _keep_pattern(tq: int, tk: int, masks: np.ndarray, causal: bool) -> np.ndarray:
+    """``(P, Tq, Tk)``: the opset softmax's kept positions for key masks ``masks`` (``P, Tk``)."""
+    keep = np.broadcast_to((masks != 0)[:, None, :], (len(masks), tq, tk))
+    if causal:
+        keep = keep & (np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq))
+    return keep
+
+
+def _kept(value: np.ndarray, kind: str) -> np.ndarray | None:
+    """Which scores a mask value keeps: ``kind`` is "add" (0 keeps, <= MASK_FLOOR drops),
+    "where_true" or "where_false" (the condition value that keeps the scores)."""
+    if kind == "add":
+        value = np.asarray(value, np.float64)
+        kept = value == 0
+        return kept if np.all(kept | (value <= MASK_FLOOR)) else None
+    cond = np.asarray(value).astype(bool)
+    return cond if kind == "where_true" else ~cond
+
+
+def _classify(kept: np.ndarray, masks: np.ndarray, scores_row: tuple[int, ...]) -> bool | None:
+    """``causal`` if ``kept`` (broadcast to the scores) is the key mask, with or without the causal rule."""
+    tq, tk = scores_row[-2], scores_row[-1]
+    full = (len(masks), *scores_row)
+    try:
+        kept = np.broadcast_to(
+            kept.reshape((kept.shape[0],) + (1,) * (len(full) - kept.ndim) + kept.shape[1:]), full
+        )
+    except ValueError:
+        return None
+    for causal in (False, True):
+        want = _keep_pattern(tq, tk, masks, causal).reshape(len(masks), *([1] * (len(full) - 3)), tq, tk)
+        if np.array_equal(kept, np.broadcast_to(want, full)):
+            return causal
+    return None
+
+
+def _join(view: _View, node: OnnxNode, is_mask) -> tuple[str, str, str] | None:
+    """``(scores, mask value, kind)`` when ``node`` applies a mask to scores that go to a Softmax."""
+    if node.op_type == "Add":
+        a, b = node.inputs[:2]
+        if is_mask(b) and not is_mask(a):
+            scores, mask, kind = a, b, "add"
+        elif is_mask(a) and not is_mask(b):
+            scores, mask, kind = b, a, "add"
+        else:
+            return None
+    elif node.op_type == "Where":
+        cond, x, y = node.inputs[:3]
+        fill_x, fill_y = view.scalar(x), view.scalar(y)
+        if not is_mask(cond):
+            return None
+        if fill_y is not None and fill_y <= MASK_FLOOR and view.graph.const(x) is None:
+            scores, mask, kind = x, cond, "where_true"
+        elif fill_x is not None and fill_x <= MASK_FLOOR and view.graph.const(y) is None:
+            scores, mask, kind = y, cond, "where_false"
+        else:
+            return None
+    else:
+        return None
+    if view.graph.const(scores) is not None:
+        return None
+    softmax = view.only_user(node.outputs[0], "Softmax")
+    shape = view.graph.shapes.get(scores)
+    if softmax is None or shape is None or len(shape) < 3:
+        return None
+    if int(softmax.attrs.get("axis", -1)) % len(shape) != len(shape) - 1:
+        return None
+    return scores, mask, kind
+
+
+def match_masks(view: _View, model, int_inputs: set[str]) -> list[Match]:
+    """Key masks and causal masks in front of a ``Softmax``, folded into the opset's softmax.
+
+    A mask built at run time from an integer input (``attention_mask``) by the ops
+    in `_MASK_OPS` -- transformers' extended masks ``(1 - m) * min``, ``Where``
+    masks, causal masks combined with a key mask -- is recognised by what it
+    computes: the original graph is run on 0/1 probe masks, and every kept or
+    removed score must be exactly the opset softmax's key mask (or that with the
+    causal rule). A constant causal mask is read directly. Each ``Add``/``Where``
+    that applies such a mask to the scores of a ``Softmax`` becomes one masked
+    softmax; the nodes that build the mask become one ``KeyMask`` match.
+    """
+    graph = view.graph
+    cone = _mask_cone(view, int_inputs)
+    is_mask = lambda n: n in cone or n in int_inputs or graph.const(n) is not None  # noqa: E731
+    found = []
+    for node in graph.nodes:
+        joined = _join(view, node, is_mask)
+        if joined is not None:
+            found.append((node, *joined))
+    if not found:
+        return []
+    runtime = [f for f in found if graph.const(f[2]) is None]
+    probes = {}
+    if runtime:
+        seeds_of = {f[2]: _ancestors(cone, f[2], int_inputs)[1] for f in runtime}
+        feeds = {}
+        t = None
+        for seed in set().union(*seeds_of.values()):
+            t = graph.inputs[seed][-1] if graph.inputs[seed] else None
+        if t is not None:
+            masks = _probe_masks(t)
+            types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+            from onnx import helper
+
+            for name, row in graph.inputs.items():
+                dtype = helper.tensor_dtype_to_np_dtype(types[name])
+                if any(name in s for s in seeds_of.values()) and row == (t,):
+                    feeds[name] = masks.astype(dtype)
+                else:
+                    feeds[name] = np.zeros((len(masks), *row), dtype)
+            names = sorted(seeds_of)
+            try:
+                values = _evaluate_values(model, names, feeds)
+            except Exception:  # the probe failed: no mask is recognised, the check reports the nodes
+                values = []
+            probes = {n: (v, masks) for n, v in zip(names, values)}
+    matches, cone_nodes, masked_inputs = [], {}, {}
+    for node, scores, mask, kind in found:
+        scores_row = graph.shapes[scores][1:]
+        softmax = view.only_user(node.outputs[0], "Softmax")
+        if graph.const(mask) is not None:  # a constant causal mask (no attention_mask input)
+            value = np.asarray(graph.const(mask))
+            value = value.reshape((1,) * max(0, len(scores_row) + 1 - value.ndim) + value.shape)
+            kept = _kept(value, kind)
+            ones = np.ones((1, scores_row[-1]), np.int64)
+            causal = None if kept is None or kept.shape[0] != 1 else _classify(kept, ones, scores_row)
+            if causal:
+                matches.append(
+                    view.match(
+                        f"CausalSoftmax({node.op_type}+Softmax)",
+                        [node, softmax],
+                        _convert_masked_softmax,
+                        scores=scores,
+                        output=softmax.outputs[0],
+                        mask=None,
+                        causal=True,
+                    )
+                )
+            continue
+        if mask not in probes:
+            continue
+        value, masks = probes[mask]
+        nodes, seeds = _ancestors(cone, mask, int_inputs)
+        kept = _kept(value, kind)
+        if len(seeds) != 1 or kept is None or kept.shape[0] != len(masks):
+            continue
+        causal = _classify(kept, masks, scores_row)
+        if causal is None:
+            continue
+        seed = seeds.pop()
+        masked_inputs[seed] = masked_inputs.get(seed, 0) + 1
+        cone_nodes.update({n.name: n for n in nodes})
+        matches.append(
+            view.match(
+                f"MaskedSoftmax({node.op_type}+Softmax, {'causal' if causal else 'key'} mask from {seed})",
+                [node, softmax],
+                _convert_masked_softmax,
+                scores=scores,
+                output=softmax.outputs[0],
+                mask=seed,
+                causal=causal,
+            )
+        )
+    if cone_nodes:
+        consumed = set(cone_nodes) | {n for m in matches for n in m.nodes}
+        for name, node in cone_nodes.items():
+            for out in node.outputs:
+                if any(u.name not in consumed for u in view.users(out)) or out in graph.outputs:
+                    raise OnnxImportError(
+                        f"the attention mask value {out!r} (node {name!r}) is also read outside the "
+                        "attention softmaxes; only masks applied to attention scores are supported"
+                    )
+        matches.append(
+            view.match(
+                f"KeyMask({'/'.join(sorted({n.op_type for n in cone_nodes.values()}))} from "
+                f"{', '.join(sorted(masked_inputs))})",
+                list(cone_nodes.values()),
+                None,
+                inputs=tuple(sorted(masked_inputs)),
+            )
+        )
+    return matches
+
+
+def _convert_masked_softmax(ctx: Context, match: Match) -> None:
+    p = match.params
+    mask = None if p["mask"] is None else ctx.val(p["mask"]).name
+    emit_softmax(ctx, ctx.val(p["scores"]), p["output"], mask=mask, causal=p["causal"])
+
+
+def match_patterns(graph: OnnxGraph, model, int_inputs: set[str]) -> list[Match]:
+    """Every transformer pattern of the graph (masks first; no node is consumed twice)."""
+    view = _View(graph)
+    matches = match_masks(view, model, int_inputs)
+    taken = {n for m in matches for n in m.nodes}
+    for node in graph.nodes:
+        if node.name in taken:
+            continue
+        match = None
+        if node.op_type == "ReduceMean":
+            match = _match_layer_norm(view, node)
+        elif node.op_type == "Erf":
+            match = _match_gelu(view, node)
+        if match is not None and not taken & set(match.nodes):
+            matches.append(match)
+            taken.update(match.nodes)
+    return matches

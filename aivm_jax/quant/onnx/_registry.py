@@ -21,6 +21,7 @@ MIN_OPSET, MAX_OPSET = 13, 20
 
 FOLDABLE = frozenset(
     {
+        "And",
         "Cast",
         "Concat",
         "Constant",
@@ -29,7 +30,14 @@ FOLDABLE = frozenset(
         "Equal",
         "Expand",
         "Gather",
+        "Greater",
+        "GreaterOrEqual",
+        "Less",
+        "LessOrEqual",
         "Mul",
+        "Neg",
+        "Not",
+        "Or",
         "Range",
         "ReduceProd",
         "Shape",
@@ -37,6 +45,7 @@ FOLDABLE = frozenset(
         "Slice",
         "Squeeze",
         "Transpose",
+        "Trilu",
         "Unsqueeze",
         "Where",
     }
