@@ -20,9 +20,36 @@ from aivm_jax.disputes._leaves import (
     tensor_slices,
 )
 from aivm_jax.disputes._merkle import hash_leaf, hash_pair, merkle_proof, merkle_root, process_proof, verify
+from aivm_jax.disputes._model import (
+    OPERAND_PARAM,
+    OPERAND_VALUE,
+    STEP_DESCRIPTOR_ABI,
+    ModelCommitment,
+    attrs_words,
+    decode_step_descriptor,
+    model_commitment,
+    step_descriptor,
+)
+from aivm_jax.disputes._opening import Opening
+from aivm_jax.disputes._trace import RowTrace, Trace, commit_values, step_leaf_payload, step_values, trace
 
 __all__ = [
     "DTYPE_CODES",
+    "OPERAND_PARAM",
+    "OPERAND_VALUE",
+    "STEP_DESCRIPTOR_ABI",
+    "ModelCommitment",
+    "Opening",
+    "RowTrace",
+    "Trace",
+    "attrs_words",
+    "commit_values",
+    "decode_step_descriptor",
+    "model_commitment",
+    "step_descriptor",
+    "step_leaf_payload",
+    "step_values",
+    "trace",
     "SLICE_BYTES",
     "TAGS",
     "encode_leaf",

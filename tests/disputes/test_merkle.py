@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aivm_jax._errors import CommitmentError
-from aivm_jax.chain import Chain, artifact
 from aivm_jax.disputes import (
     TAGS,
     encode_leaf,
@@ -24,14 +23,6 @@ from aivm_jax.disputes._keccak import keccak256_reference
 from aivm_jax.disputes._merkle import merkle_levels
 
 TAG = TAGS["aivm.trace.slice.v1"]
-
-
-@pytest.fixture(scope="module")
-def merkle_check():
-    chain = Chain.embedded()
-    compiled = artifact("MerkleCheck")
-    address = chain.deploy(compiled["abi"], compiled["bytecode"])
-    return chain.w3.eth.contract(address=address, abi=compiled["abi"])
 
 
 def _payloads(n: int, seed: int = 0) -> list[bytes]:
