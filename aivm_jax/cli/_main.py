@@ -17,6 +17,7 @@ import numpy as np
 import aivm_jax
 from aivm_jax import AivmError
 from aivm_jax.cli._import import import_command
+from aivm_jax.cli._trace import trace_command
 
 __all__ = ["main"]
 
@@ -309,6 +310,7 @@ def batch(
 
 
 main.add_command(import_command)
+main.add_command(trace_command)
 
 
 @main.group(cls=_AivmGroup)
