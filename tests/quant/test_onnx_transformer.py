@@ -276,7 +276,7 @@ CASES = {
 }
 
 
-def _calibration(model, n=200):
+def _calibration(model, n=100):
     feeds = {}
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
     for value in model.graph.input:
