@@ -6,8 +6,6 @@ or onnxruntime (the importer's own fidelity report), the bar a per-row cosine.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -18,15 +16,7 @@ import aivm_jax  # noqa: E402
 from aivm_jax.quant import UnsupportedOnnxError, import_onnx  # noqa: E402
 from aivm_jax.quant.onnx import OnnxImportError, converters  # noqa: E402
 
-RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rng(request):
-    """Each test draws its weights and data from its own seed, whatever ran before it
-    (a module-wide generator made a case's data depend on the tests selected and their order)."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+RNG = np.random.default_rng(0)  # reseeded for each test by tests/quant/conftest.py
 
 
 def _f32(v):
