@@ -24,6 +24,9 @@ CONTRACT_NAMES = (
     "RejectAllVerifier",
     "ReentrantVerifier",
     "MerkleCheck",
+    "OneStepLinear",
+    "OneStepElementwise",
+    "OneStepRows",
 )
 _SOURCES = (
     "ModelRegistry.sol",
@@ -31,6 +34,9 @@ _SOURCES = (
     "test/ReentrantNode.sol",
     "test/TestVerifiers.sol",
     "test/MerkleCheck.sol",
+    "disputes/OneStepLinear.sol",
+    "disputes/OneStepElementwise.sol",
+    "disputes/OneStepRows.sol",
 )
 OPTIMIZE_RUNS = 200
 

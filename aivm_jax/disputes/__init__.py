@@ -31,6 +31,7 @@ from aivm_jax.disputes._model import (
     step_descriptor,
 )
 from aivm_jax.disputes._opening import Opening
+from aivm_jax.disputes._rows import read_row, read_rows, step_struct
 from aivm_jax.disputes._trace import RowTrace, Trace, commit_values, step_leaf_payload, step_values, trace
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "decode_step_descriptor",
     "model_commitment",
     "step_descriptor",
+    "step_struct",
     "step_leaf_payload",
     "step_values",
     "trace",
@@ -60,6 +62,8 @@ __all__ = [
     "merkle_proof",
     "merkle_root",
     "process_proof",
+    "read_row",
+    "read_rows",
     "rows_per_slice",
     "slice_count",
     "tag",
