@@ -7,6 +7,7 @@ that answers requests with commit-reveal.
 
 from aivm_jax.chain._artifacts import artifact, build_artifacts
 from aivm_jax.chain._connect import DEFAULT_RPC_URL, Chain
+from aivm_jax.chain._game import EXECUTORS, GameAgent, deploy_game, play
 from aivm_jax.chain._network import (
     DEFAULT_BOND,
     DEFAULT_WINDOWS,
@@ -27,6 +28,10 @@ __all__ = [
     "DEFAULT_RPC_URL",
     "DEFAULT_WINDOWS",
     "Chain",
+    "EXECUTORS",
+    "GameAgent",
+    "deploy_game",
+    "play",
     "Network",
     "Node",
     "NodeState",

@@ -27,6 +27,7 @@ CONTRACT_NAMES = (
     "OneStepLinear",
     "OneStepElementwise",
     "OneStepRows",
+    "DisputeGame",
 )
 _SOURCES = (
     "ModelRegistry.sol",
@@ -37,6 +38,7 @@ _SOURCES = (
     "disputes/OneStepLinear.sol",
     "disputes/OneStepElementwise.sol",
     "disputes/OneStepRows.sol",
+    "disputes/DisputeGame.sol",
 )
 OPTIMIZE_RUNS = 200
 

@@ -7,6 +7,8 @@ contract proves one step or one slice with ``MerkleProof.verify`` and O(log n) c
 Byte layouts: ``docs/spec/commitments.md``. Checking a proof needs only Keccak (`verify`).
 """
 
+from aivm_jax.disputes._fault import faulty_values
+from aivm_jax.disputes._input import InputCommitment, input_commitment
 from aivm_jax.disputes._keccak import keccak256
 from aivm_jax.disputes._leaves import (
     DTYPE_CODES,
@@ -31,10 +33,20 @@ from aivm_jax.disputes._model import (
     step_descriptor,
 )
 from aivm_jax.disputes._opening import Opening
+from aivm_jax.disputes._provider import GameState, Outcome, Phase, TraceProvider, divergence, proof_to_level
 from aivm_jax.disputes._rows import read_row, read_rows, step_struct
 from aivm_jax.disputes._trace import RowTrace, Trace, commit_values, step_leaf_payload, step_values, trace
 
 __all__ = [
+    "GameState",
+    "InputCommitment",
+    "Outcome",
+    "Phase",
+    "TraceProvider",
+    "divergence",
+    "faulty_values",
+    "input_commitment",
+    "proof_to_level",
     "DTYPE_CODES",
     "OPERAND_PARAM",
     "OPERAND_VALUE",

@@ -75,6 +75,7 @@ TAGS = {
         "aivm.trace.slice.v1",  # a slice of one step's output, one batch row
         "aivm.trace.step.v1",  # one step's root in a row's trace
         "aivm.trace.row.v1",  # one batch row's trace root in a batch's trace
+        "aivm.input.row.v1",  # one batch row's input root in a request's input commitment
     ]
 }
 """Every leaf tag, by name (each a ``bytes32``)."""
