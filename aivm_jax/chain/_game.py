@@ -41,6 +41,7 @@ class GameAgent:
         self.game = game
         self.provider = provider
         self.address = chain.address
+        self.receipts: list[tuple[str, dict]] = []  # (move name, receipt) of every move sent
 
     def state(self, game_id: int) -> GameState:
         return GameState.from_tuple(self.chain.call(self.game.functions.game(game_id)))
@@ -67,11 +68,12 @@ class GameAgent:
             return None
         fn, name = self._move(game_id, state)
         try:
-            self.chain.transact(fn)
+            receipt = self.chain.transact(fn)
         except TransactionRevertedError as error:
             if "GameOver" in str(error) and state.phase in (Phase.SHAPE, Phase.INPUT, Phase.ONE_STEP):
                 return None
             raise
+        self.receipts.append((name, receipt))
         return name
 
     def _move(self, game_id: int, state: GameState):
