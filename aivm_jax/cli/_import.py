@@ -1,4 +1,4 @@
-"""`aivm import`: an ONNX model plus calibration data in, a `.aivm` program out."""
+"""`aivm import`: an ONNX model plus calibration data, or a Hugging Face folder, in; a `.aivm` program out."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def _dim(ctx, param, values: tuple[str, ...]) -> dict[str, int]:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--calibration",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Float rows of real input data: .npy (one input) or .npz (one array per input name). "
-    "The last 20% are held out for the fidelity report.",
+    help="ONNX: float rows of real input data, .npy (one input) or .npz (one array per input name); "
+    "the last 20% are held out for the fidelity report. Folder (optional): a .txt file of "
+    "sentences, one per line (default: built-in English sentences).",
 )
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .aivm."
@@ -39,15 +40,23 @@ def _dim(ctx, param, values: tuple[str, ...]) -> dict[str, int]:
     callback=_dim,
     help="Bind a symbolic dim other than the batch axis, e.g. --dim seq=128; repeatable.",
 )
-@click.option("--name", default=None, help="The program's name (default: the model file's stem).")
+@click.option(
+    "--name", default=None, help="The program's name (default: the model file's stem or folder's name)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def import_command(
-    model: Path, calibration: Path, output: Path, dims: dict[str, int], name: str | None, as_json: bool
+    model: Path, calibration: Path | None, output: Path, dims: dict[str, int], name: str | None, as_json: bool
 ) -> None:
-    """Import an ONNX model (opsets 13-20) as an int8 program, calibrated on real data."""
+    """Import an ONNX model (opsets 13-20) as an int8 program, calibrated on real data,
+    or a Hugging Face folder (BERT-family encoders)."""
     import aivm_jax
     from aivm_jax.quant import import_onnx
 
+    if model.is_dir():
+        _import_folder(model, calibration, output, dims, name, as_json)
+        return
+    if calibration is None:
+        raise click.UsageError("Missing option '--calibration' (an ONNX model needs calibration data).")
     program = import_onnx(model, calibration, dims=dims, name=name)
     model_id = aivm_jax.save(program, output)
     fidelity = program.metadata["onnx_fidelity"]
@@ -82,3 +91,66 @@ def _fidelity_lines(fidelity: dict) -> list[str]:
             f"max error {out['max_abs_error_e6'] / 1e6:.4g}"
         )
     return lines
+
+
+def _import_folder(
+    folder: Path,
+    calibration: Path | None,
+    output: Path,
+    dims: dict[str, int],
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """The folder form: `aivm_jax.quant.hf.import_folder`, whatever the model type."""
+    import aivm_jax
+    from aivm_jax.quant.hf import HfImportError, import_folder
+
+    if dims:
+        raise HfImportError(
+            "--dim applies to ONNX models only; a Hugging Face folder's config sets its sizes"
+        )
+    options = {} if calibration is None else {"calibration_texts": _read_texts(calibration)}
+    program = import_folder(folder, name=name, **options)
+    model_id = aivm_jax.save(program, output)
+    meta = program.metadata
+    fidelity = next((meta[k] for k in _FOLDER_FIDELITY if k in meta), None)
+    data = {
+        "model_id": model_id,
+        "output": str(output),
+        "kind": meta.get("kind"),
+        "ops": program.op_counts(),
+        "params": program.param_count(),
+        "fidelity": fidelity,
+    }
+    lines = [f"wrote {output}", f"model id   {model_id}"]
+    lines.append(f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}")
+    lines.append(f"params     {data['params']}")
+    if "embedding_fidelity" in meta:
+        f = meta["embedding_fidelity"]
+        lines.append(
+            f"fidelity   cosine to the float model on {f['dataset']}: mean "
+            f"{f['mean_cosine_ppm'] / 1e6:.4f}, min {f['min_cosine_ppm'] / 1e6:.4f}"
+        )
+    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+_FOLDER_FIDELITY = ("embedding_fidelity", "lm_fidelity")
+"""Metadata keys of the folder importers' fidelity reports (one per program kind)."""
+
+
+def _read_texts(path: Path) -> list[str]:
+    """Calibration sentences for a folder import: a UTF-8 text file, one per line, blank lines skipped."""
+    from aivm_jax.quant.hf import HfImportError
+
+    if path.suffix != ".txt":
+        raise HfImportError(
+            f"{path}: calibration for a Hugging Face folder is a .txt file, one sentence per line"
+        )
+    try:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise HfImportError(f"cannot read calibration sentences from {path}: {error}") from None
+    texts = [t for t in texts if t]
+    if not texts:
+        raise HfImportError(f"{path} holds no sentences; give one sentence per line")
+    return texts
