@@ -12,6 +12,9 @@ same whatever batch the row was computed in.
 
 Row hashes of a batch are computed in one native call on the SHA extensions
 where they run (`aivm_jax.runtime._sha256`), else with hashlib row by row.
+`ResultHasher`, what `infer` calls, keeps the hashed prefixes of one result
+layout (model id, output names, dtypes, row shapes) between calls, so a small
+batch costs one hashlib copy, update and digest per row.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from aivm_jax.runtime._sha256 import Part, sha256_many, shared
+from aivm_jax.runtime._sha256 import NATIVE_MIN_MESSAGES, Part, native_available, sha256_many, shared
 
 __all__ = [
     "digests_from_hex",
     "input_hash",
+    "ResultHasher",
     "output_hash",
+    "result_hasher",
+    "result_hashes",
     "row_digests",
     "row_hash_table",
     "row_header",
@@ -86,6 +93,95 @@ def row_hash_table(
     run and the batch is large enough)."""
     parts = _row_parts(model_id, names, outputs)
     return sha256_many(parts, outputs[0].shape[0], native=native, hex_strings=True)
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_COUNT = struct.Struct("<Q")
+
+
+class ResultHasher:
+    """The row hashes and output hash of results of one layout (model id, and each output's
+    name, dtype and row shape), the same bytes as `row_hashes` and `output_hash`: the prefixes
+    the rows share are hashed once, and each row costs one copy, update and digest of hashlib
+    (batches of `NATIVE_MIN_MESSAGES` rows or more: one native call where it runs)."""
+
+    __slots__ = ("_headers", "_model_id", "_names", "_one", "_out", "_row", "_single")
+
+    def __init__(self, model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> None:
+        headers = [_row_header(n, _dtype_name(o.dtype), o.shape[1:]) for n, o in zip(names, outputs)]
+        self._model_id, self._names = model_id, tuple(names)
+        self._row = hashlib.sha256(b"aivm-row-v1" + _id_bytes(model_id) + headers[0])
+        self._headers = tuple(headers[1:])
+        self._out = hashlib.sha256(b"aivm-out-v1" + _id_bytes(model_id))
+        self._one = self._out.copy()  # ... and the batch size 1
+        self._one.update(_COUNT.pack(1))
+        # one output whose bytes in memory are the hashed bytes whenever it is C-contiguous
+        self._single = len(outputs) == 1 and (_LITTLE_ENDIAN or outputs[0].dtype.itemsize == 1)
+        self._single = self._single and outputs[0].dtype.byteorder != ">"
+
+    def __call__(self, outputs: Sequence[np.ndarray]) -> tuple[tuple[str, ...], str]:
+        """``(row hashes as 0x strings, output hash)`` of ``outputs``, which have this layout."""
+        count = outputs[0].shape[0]
+        if count == 1 and self._single and outputs[0].flags.c_contiguous:
+            h = self._row.copy()
+            h.update(outputs[0])
+            row = h.digest()
+            h = self._one.copy()
+            h.update(row)
+            return ("0x" + row.hex(),), "0x" + h.hexdigest()
+        if count >= NATIVE_MIN_MESSAGES and native_available():
+            blob, hashes = row_hash_table(self._model_id, self._names, outputs)
+            return tuple(hashes), output_hash(self._model_id, blob)
+        views = [_row_view(out) for out in outputs] if count else []
+        if count == 0:
+            digests: list[bytes] = []
+        elif count == 1 and not self._headers:
+            h = self._row.copy()
+            h.update(views[0])
+            digests = [h.digest()]
+        else:
+            sizes = [len(view) // count for view in views]
+            digests = []
+            for r in range(count):
+                h = self._row.copy()
+                h.update(views[0][r * sizes[0] : (r + 1) * sizes[0]])
+                for header, view, size in zip(self._headers, views[1:], sizes[1:]):
+                    h.update(header)
+                    h.update(view[r * size : (r + 1) * size])
+                digests.append(h.digest())
+        h = self._out.copy()
+        h.update(_COUNT.pack(count) + b"".join(digests))
+        return tuple(["0x" + d.hex() for d in digests]), "0x" + h.hexdigest()
+
+
+def _row_view(out: np.ndarray) -> memoryview:
+    """The array's bytes as the hash reads them, C order and little-endian (no copy when so)."""
+    view = memoryview(out)
+    order = out.dtype.byteorder
+    if not (view.c_contiguous and (order == "|" or order == "<" or (order == "=" and _LITTLE_ENDIAN))):
+        view = memoryview(np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")))
+    return view.cast("B")
+
+
+_hashers: dict[tuple, ResultHasher] = {}
+
+
+def result_hasher(model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]) -> ResultHasher:
+    """The `ResultHasher` of the layout of ``outputs`` (kept per layout)."""
+    key = (model_id, *[(name, out.dtype, out.shape[1:]) for name, out in zip(names, outputs)])
+    found = _hashers.get(key)
+    if found is None:
+        if len(_hashers) >= 1024:
+            _hashers.clear()
+        found = _hashers[key] = ResultHasher(model_id, names, outputs)
+    return found
+
+
+def result_hashes(
+    model_id: str, names: Sequence[str], outputs: Sequence[np.ndarray]
+) -> tuple[tuple[str, ...], str]:
+    """The row hashes (``0x`` strings) and the output hash of one result (`ResultHasher`)."""
+    return result_hasher(model_id, names, outputs)(outputs)
 
 
 def digests_from_hex(hashes: Sequence[str] | np.ndarray) -> bytes:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -22,10 +24,10 @@ from aivm_jax._errors import (
     ProgramError,
 )
 from aivm_jax.ops._vnni import register_kernel
-from aivm_jax.program import Program, ValueSpec, load
+from aivm_jax.program import Program, ValueSpec, from_bytes, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
 from aivm_jax.runtime._fusion import fuse_chains
-from aivm_jax.runtime._hashing import output_hash, row_hash_table
+from aivm_jax.runtime._hashing import ResultHasher, result_hasher, result_hashes
 from aivm_jax.runtime._host import SCALES_KEY, program_scales, quantize_to_scale
 
 __all__ = ["InferenceResult", "infer"]
@@ -87,6 +89,16 @@ class _Compiled:
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
         self._sharded: dict[Mesh, tuple[Any, tuple]] = {}  # mesh -> (jitted shard_map, leading args)
+        self.input_names = tuple(spec.name for spec in program.inputs)
+        self.output_names = tuple(spec.name for spec in program.outputs)
+        # input shapes -> the executable compiled for them (parameters bound), called directly
+        self._executables: dict[tuple[tuple[int, ...], ...], Callable[..., list[jax.Array]]] = {}
+        self._compile_lock = threading.Lock()
+        # Signatures of plain ndarray inputs that `_feeds` returned unchanged -> what runs them.
+        # One input: its (dtype, shape); several: a tuple of those in input order.
+        self._accepted: dict[Any, tuple[Callable[..., list[jax.Array]], ResultHasher]] = {}
+        # per input, the declared (low, high) its values must lie in (its dtype allows more)
+        self._bounds = [(i, spec.bounds) for i, spec in enumerate(program.inputs) if spec.bounds]
 
     def _run(self, params, feeds):
         values = {**params, **feeds}
@@ -107,14 +119,89 @@ class _Compiled:
                     fn({k: params[k] for k in segment.params}, {k: values[k] for k in segment.reads})
                 )
             return [values[spec.name] for spec in self.program.outputs]
-        if self._embedded is not None:
-            return self._embedded(feeds)
-        return self.fn(self.params_on(None), feeds)
+        arrays = [feeds[name] for name in self.input_names]
+        return self.executable(tuple(a.shape for a in arrays))(*arrays)
+
+    def call_accepted(self, inputs: Any) -> tuple[list[jax.Array], ResultHasher] | None:
+        """The outputs (device arrays) and their hasher, for inputs that `_feeds` would return
+        unchanged: plain ndarrays with the dtypes and shapes it accepted before as they were (so
+        its dtype, shape and agreement checks hold again) and values within the declared bounds
+        (vectorized min and max). None for anything else; `_feeds` then checks them."""
+        if type(inputs) is np.ndarray:
+            if len(self.input_names) != 1:
+                return None
+            arrays: tuple[Any, ...] = (inputs,)
+            found = self._accepted.get((inputs.dtype, inputs.shape))
+        elif type(inputs) is dict and len(inputs) == len(self.input_names):
+            arrays = tuple(inputs.get(name) for name in self.input_names)
+            if not all(type(a) is np.ndarray for a in arrays):
+                return None
+            found = self._accepted.get(tuple((a.dtype, a.shape) for a in arrays))
+        else:
+            return None
+        if found is None:
+            return None
+        for i, (low, high) in self._bounds:
+            if arrays[i].min() < low or arrays[i].max() > high:
+                return None
+        run, hasher = found
+        return run(*arrays), hasher
+
+    def remember(self, inputs: Any, feeds: Mapping[str, np.ndarray], outs: Sequence[np.ndarray]) -> None:
+        """After a run on ``feeds``: record the signature of ``inputs`` if `_feeds` returned them
+        unchanged, with what runs them and the hasher of the outputs ``outs`` they gave."""
+        if type(inputs) is np.ndarray and len(self.input_names) == 1:
+            arrays: tuple[Any, ...] = (inputs,)
+            key: Any = (inputs.dtype, inputs.shape)
+        elif type(inputs) is dict:
+            arrays = tuple(inputs.get(name) for name in self.input_names)
+            key = tuple((a.dtype, a.shape) for a in arrays if type(a) is np.ndarray)
+        else:
+            return
+        if not all(feeds[name] is a for name, a in zip(self.input_names, arrays)):
+            return
+        if self._segments:
+            run: Callable[..., list[jax.Array]] = functools.partial(
+                _run_named, self.run_local, self.input_names
+            )
+        else:
+            run = _direct(self.executable(tuple(a.shape for a in arrays)))
+        if len(self._accepted) >= 1024:
+            self._accepted.clear()
+        self._accepted[key] = (run, result_hasher(self.program.model_id, self.output_names, outs))
+
+    def executable(self, shapes: tuple[tuple[int, ...], ...]) -> Callable[..., list[jax.Array]]:
+        """The whole program compiled ahead of time for inputs of these shapes (in the spec
+        dtypes), once per shape: parameters compiled in as constants when small, else placed on
+        the device once and bound, so a call passes only the inputs."""
+        executable = self._executables.get(shapes)
+        if executable is not None:
+            return executable
+        with self._compile_lock:
+            if shapes not in self._executables:
+                specs = [
+                    jax.ShapeDtypeStruct(shape, np.dtype(spec.dtype))
+                    for shape, spec in zip(shapes, self.program.inputs)
+                ]
+                if self._embedded is not None:
+                    self._executables[shapes] = jax.jit(self._run_flat_embedded).lower(*specs).compile()
+                else:
+                    params = self.params_on(None)
+                    compiled = jax.jit(self._run_flat).lower(params, *specs).compile()
+                    self._executables[shapes] = functools.partial(compiled, params)
+            return self._executables[shapes]
+
+    def _run_flat(self, params, *arrays):
+        return self._run(params, dict(zip(self.input_names, arrays)))
+
+    def _run_flat_embedded(self, *arrays):
+        return self._run(self.program.params, dict(zip(self.input_names, arrays)))
 
     def local_cache_size(self) -> int:
         """How many input shapes `run_local` has compiled for."""
-        first = self._segments[0][1] if self._segments else (self._embedded or self.fn)
-        return first._cache_size()
+        if self._segments:
+            return self._segments[0][1]._cache_size()
+        return len(self._executables)
 
     def run_sharded(self, feeds, mesh: Mesh):
         """The program on every device of a 1-D ``("batch",)`` mesh, each on its own rows
@@ -143,6 +230,18 @@ class _Compiled:
         return self._placed[key]
 
 
+def _direct(executable):
+    """The C++ call behind a called `jax.stages.Compiled` (its ``__call__`` only forwards to it),
+    saving a Python frame per call; the executable itself where JAX keeps no such attribute."""
+    if isinstance(executable, functools.partial):
+        return functools.partial(_direct(executable.func), *executable.args)
+    return getattr(executable, "_call", None) or executable
+
+
+def _run_named(run_local, names, *arrays):
+    return run_local(dict(zip(names, arrays)))
+
+
 def _run_segment(segment: Segment, params, values):
     values = {**params, **values}
     run_steps(segment.steps, values, "lowering")
@@ -154,6 +253,13 @@ _lock = threading.Lock()
 
 
 def _compiled_for(program: Program) -> _Compiled:
+    entry = _compiled.get(program.model_id)
+    if entry is not None:
+        try:
+            _compiled.move_to_end(program.model_id)
+            return entry
+        except KeyError:  # evicted by another thread just now
+            pass
     with _lock:
         entry = _compiled.get(program.model_id)
         if entry is None:
@@ -217,9 +323,25 @@ def _is_float(value: Any) -> bool:
     )
 
 
+_scales: dict[str, dict[str, dict[str, int]]] = {}  # model id -> its checked input scales
+
+
+def _scales_of(program: Program) -> dict[str, dict[str, int]]:
+    """`program_scales`, checked once per model id (the metadata is part of the id)."""
+    if SCALES_KEY not in program.metadata:
+        return {}
+    found = _scales.get(program.model_id)
+    if found is None:
+        found = program_scales(program)  # raises on bad metadata, every time: nothing is cached then
+        if len(_scales) >= 64:
+            _scales.clear()
+        _scales[program.model_id] = found
+    return found
+
+
 def _feeds(program: Program, inputs: Any) -> tuple[dict[str, np.ndarray], bool]:
     """The checked integer feeds, and whether any float input was quantized on the host."""
-    scales = program_scales(program) if SCALES_KEY in program.metadata else {}
+    scales = _scales_of(program)
     if isinstance(inputs, Mapping):
         given = set(inputs)
         wanted = {s.name for s in program.inputs}
@@ -241,6 +363,44 @@ def _feeds(program: Program, inputs: Any) -> tuple[dict[str, np.ndarray], bool]:
         except ProgramError as error:
             raise InputShapeError(f"input shapes do not fit together: {error}") from None
     return feeds, quantized
+
+
+def _result(
+    program: Program, names: Sequence[str], outs: list[np.ndarray], quantized: bool
+) -> InferenceResult:
+    hashes, digest = result_hashes(program.model_id, names, outs)
+    return InferenceResult(
+        model_id=program.model_id,
+        outputs=outs[0],
+        named_outputs=dict(zip(names, outs)),
+        row_hashes=hashes,
+        output_hash=digest,
+        input_quantized=quantized,
+    )
+
+
+_loaded: collections.OrderedDict[tuple[bytes, str | None], Program] = collections.OrderedDict()
+
+
+def load_cached(path: str | os.PathLike, expected_model_id: str | None = None) -> Program:
+    """`load`, with programs kept by the SHA-256 of their file's bytes: the file is read on every
+    call, and a file with other bytes at the same path is loaded and verified afresh."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return load(path, expected_model_id=expected_model_id)  # raises load's own typed error
+    key = (hashlib.sha256(data).digest(), expected_model_id)
+    with _lock:
+        program = _loaded.get(key)
+        if program is not None:
+            _loaded.move_to_end(key)
+            return program
+    program = from_bytes(data, expected_model_id=expected_model_id, source=str(path))
+    with _lock:
+        _loaded[key] = program
+        while len(_loaded) > _CACHE_SIZE:
+            _loaded.popitem(last=False)
+    return program
 
 
 def _run_sharded(entry: _Compiled, feeds: Mapping[str, np.ndarray], devices: Sequence[Any]):
@@ -289,11 +449,26 @@ def infer(
       InputDTypeError, InputShapeError, InputRangeError: bad inputs.
       ModelFileError and subclasses: missing, tampered or unexpected program file.
     """
-    program = model if isinstance(model, Program) else load(model, expected_model_id=expected_model_id)
+    program = model if isinstance(model, Program) else load_cached(model, expected_model_id)
     if isinstance(model, Program) and expected_model_id is not None:
         if program.model_id != expected_model_id.lower():
             raise ModelIdMismatchError(
                 f"program has model id {program.model_id}, expected {expected_model_id}"
+            )
+    if mode == "jit" and devices is None:  # the common call: checked signatures, cached executable
+        entry = _compiled_for(program)
+        found = entry.call_accepted(inputs)
+        if found is not None:
+            outs, hasher = found
+            outs = [np.asarray(o) for o in outs]
+            hashes, digest = hasher(outs)
+            return InferenceResult(
+                model_id=program.model_id,
+                outputs=outs[0],
+                named_outputs=dict(zip(entry.output_names, outs)),
+                row_hashes=hashes,
+                output_hash=digest,
+                input_quantized=False,
             )
     feeds, quantized = _feeds(program, inputs)
     if mode == "reference":
@@ -307,17 +482,10 @@ def infer(
         chosen = None if devices is None else jax.local_devices() if devices == "all" else list(devices)
         if chosen is None or chosen == [jax.devices()[0]]:  # JAX's default device alone: no mesh
             outs = [np.asarray(o) for o in entry.run_local(feeds)]
+            if devices is None:
+                entry.remember(inputs, feeds, outs)
         else:
             outs = _run_sharded(entry, feeds, chosen)
     else:
         raise ValueError(f"mode must be 'jit', 'eager' or 'reference', got {mode!r}")
-    names = [s.name for s in program.outputs]
-    digests, hashes = row_hash_table(program.model_id, names, outs)
-    return InferenceResult(
-        model_id=program.model_id,
-        outputs=outs[0],
-        named_outputs=dict(zip(names, outs)),
-        row_hashes=tuple(hashes),
-        output_hash=output_hash(program.model_id, digests),
-        input_quantized=quantized,
-    )
+    return _result(program, [s.name for s in program.outputs], outs, quantized)
