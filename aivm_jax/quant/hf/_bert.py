@@ -315,7 +315,8 @@ def read_pooling(folder: Path, hidden: int) -> str:
 
     Raises:
       HfImportError: another pooling mode, a module other than Transformer,
-        Pooling and Normalize, a pooling width other than ``hidden``.
+        Pooling and Normalize, no Pooling module (or its config) in ``modules.json``,
+        a pooling width other than ``hidden``.
     """
     folder = Path(folder)
     pooling_dir = folder / "1_Pooling"
@@ -330,8 +331,15 @@ def read_pooling(folder: Path, hidden: int) -> str:
                 "Transformer, mean Pooling and Normalize"
             )
         pools = [m for m in modules if m.get("type") == "sentence_transformers.models.Pooling"]
-        pooling_dir = folder / str(pools[0].get("path", "")) if pools else None
-    if pooling_dir is None or not (pooling_dir / "config.json").is_file():
+        if not pools:
+            raise HfImportError(
+                f"{folder / 'modules.json'} has no Pooling module: the model returns token "
+                "embeddings, not one per sentence; add mean pooling (1_Pooling/config.json)"
+            )
+        pooling_dir = folder / str(pools[0].get("path", ""))
+        if not (pooling_dir / "config.json").is_file():
+            raise HfImportError(f"{pooling_dir / 'config.json'} (the Pooling module's config) is missing")
+    elif not (pooling_dir / "config.json").is_file():
         return _POOLING
     path = pooling_dir / "config.json"
     config = _read_json(path)

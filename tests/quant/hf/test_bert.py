@@ -178,8 +178,8 @@ def test_row_hashes_ignore_batch_and_padding(imported, visible):
     ids, mask = tokenize_batch(tokenizer, [sentence], MAX_TOKENS)
     padded = aivm_jax.infer(program, {"input_ids": ids, "attention_mask": mask})
     np.testing.assert_array_equal(padded.outputs, alone.outputs)
-    batch = [*visible[:7], sentence, *visible[8:]]
-    for size in (3, 8, 20):
+    batch = [*visible[10:17], sentence]  # mixed lengths, all padded to 16 tokens by `embed`
+    for size in (3, 8):
         in_batch = aivm_jax.embed(program, batch, batch_size=size)
         assert in_batch.row_hashes[7] == alone.row_hashes[0], size
         np.testing.assert_array_equal(in_batch.pooled[7], alone.outputs[0])
@@ -199,12 +199,17 @@ def test_a_long_text_is_truncated_as_the_tokenizer_would(imported):
     assert result.row_hashes == expected.row_hashes
 
 
-def test_the_library_import_reports_held_out_fidelity(folder, imported, visible):
-    """Default calibration (the 52 built-in sentences); the report on the held-out sentences
-    agrees with the cosine to `transformers` measured here."""
-    program = import_folder(folder[0], name="tiny", fidelity_texts=visible)
+def test_a_plain_folder_reports_held_out_fidelity(folder, imported, visible, tmp_path):
+    """A plain Hugging Face folder (no sentence-transformers files: mean pooling, the config's
+    512 positions), the default calibration (the 52 built-in sentences); the report on the
+    held-out sentences agrees with the cosine to `transformers` measured here."""
+    plain = _copy(folder[0], tmp_path)
+    for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "1_Pooling"):
+        (plain / name).rmdir() if name == "1_Pooling" else (plain / name).unlink()
+    program = import_folder(plain, name="tiny", fidelity_texts=visible)
     report = program.metadata["embedding_fidelity"]
     assert program.name == "tiny" and program.metadata["calibration_sentences"] == len(CALIBRATION_TEXTS)
+    assert program.metadata["max_tokens"] == 512 and program.inputs[0].shape == (512,)
     assert report["dataset"] == "20 held-out sentences"
     assert program.model_id != imported[0].model_id  # other calibration, other scales
     cosine = (
@@ -250,6 +255,9 @@ def _break(how: str, folder: Path) -> Path:
             2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
         )
         (folder / "modules.json").write_text(json.dumps(modules))
+    elif how == "no_pooling_module":
+        modules = json.loads((folder / "modules.json").read_text())
+        (folder / "modules.json").write_text(json.dumps(modules[:1]))
     elif how == "no_tokenizer":
         (folder / "tokenizer.json").unlink()
     elif how == "heads":
@@ -274,6 +282,7 @@ def _break(how: str, folder: Path) -> Path:
         ("layers", "weights missing from the checkpoint: encoder.layer.2.attention.self.query.weight"),
         ("fewer_layers", "the weights hold encoder layer 1, but config.json says num_hidden_layers 1"),
         ("dense_module", "module sentence_transformers.models.Dense (2_Dense) is not supported"),
+        ("no_pooling_module", "modules.json has no Pooling module"),
         ("no_tokenizer", "has no tokenizer.json"),
         ("heads", "hidden_size 64 is not a multiple of num_attention_heads 5"),
     ],
