@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from aivm_jax._errors import ModelSourceError, WrongProgramError
-from aivm_jax.program import Program, load
+from aivm_jax.program import Program
 from aivm_jax.runtime import infer, output_hash
+from aivm_jax.runtime._hashing import digests_from_hex
+from aivm_jax.runtime._infer import load_cached
 
 __all__ = ["EmbeddingResult", "embed"]
 
@@ -107,7 +109,7 @@ def embed(
     """
     from aivm_jax.models._minilm import tokenize_batch
 
-    program = model if isinstance(model, Program) else load(model)
+    program = model if isinstance(model, Program) else load_cached(model, None)
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("embed needs one or more strings")
@@ -122,7 +124,7 @@ def embed(
         result = infer(program, {"input_ids": ids, "attention_mask": mask}, mode=mode, devices=devices)
         pooled.append(result.outputs)
         rows.extend(result.row_hashes)
-        counts.extend(int(m.sum()) for m in mask)
+        counts.extend(np.count_nonzero(mask, axis=1).tolist())
         if progress is not None:
             progress(min(start + batch_size, len(texts)), len(texts))
     vectors = np.concatenate(pooled)
@@ -133,6 +135,6 @@ def embed(
         pooled=vectors,
         embeddings=embeddings,
         row_hashes=tuple(rows),
-        output_hash=output_hash(program.model_id, rows),
+        output_hash=output_hash(program.model_id, digests_from_hex(rows)),
         token_counts=tuple(counts),
     )
