@@ -3,13 +3,41 @@
 `keccak256` is ``eth_utils.keccak``; where the ``sha3`` module (safe-pysha3) imports,
 its C Keccak is used instead (about 1 us a call against 7 us), and the two give the
 same digests (`tests/disputes/test_merkle.py` holds them equal).
+
+**Batched.** Commitments hash thousands of short independent messages; one Python call
+each costs more than the hash. ``_native/keccak.cc`` hashes many messages in one call,
+four at a time in the lanes of a 256-bit vector (AVX2 where the CPU has it), and also
+builds whole leaf sets and Merkle trees (`aivm_jax.disputes._merkle`, ``_leaves``,
+``_trace`` use it). It is compiled once per source on first use when a C++ compiler
+(``$CXX`` or ``g++``) is on the PATH, and loaded by ctypes; where it cannot be,
+`native_library` is None and every caller takes its pure-Python path, which gives the
+same bytes (``tests/disputes/test_keccak_native.py``). ``AIVM_KECCAK=python`` turns the
+native path off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+import fcntl
+import functools
+import hashlib
+import itertools
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["keccak256", "keccak256_reference"]
+__all__ = [
+    "build_native",
+    "keccak256",
+    "keccak256_batch",
+    "keccak256_reference",
+    "native_library",
+    "native_status",
+]
 
 
 def keccak256_reference(data: bytes) -> bytes:
@@ -42,3 +70,113 @@ def _fast() -> Callable[[bytes], bytes]:
 
 keccak256: Callable[[bytes], bytes] = _fast()
 """``keccak256(data: bytes) -> bytes`` (32 bytes), the fastest Keccak-256 importable here."""
+
+
+SOURCE = Path(__file__).with_name("_native") / "keccak.cc"
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+
+
+def _library_name() -> str:
+    key = hashlib.sha256(SOURCE.read_bytes())
+    key.update(" ".join(CXX_FLAGS).encode())
+    key.update(platform.machine().encode())
+    return f"aivm_keccak-{key.hexdigest()[:16]}.so"
+
+
+def _build_dirs() -> list[Path]:
+    """Where a built library may live: beside the source, then the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
+    return [SOURCE.parent / "build", cache]
+
+
+def build_native() -> Path:
+    """Compile ``_native/keccak.cc`` unless a library of this source exists; returns its path.
+
+    Writes a temporary file and renames it, under a file lock, so concurrent processes
+    never load a half-written library.
+
+    Raises:
+      RuntimeError: no C++ compiler, no writable build directory, or the compile failed.
+    """
+    name = _library_name()
+    found = next((d / name for d in _build_dirs() if (d / name).is_file()), None)
+    if found is not None:
+        return found
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
+    errors = []
+    for directory in _build_dirs():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            target = directory / name
+            with open(directory / ".lock-keccak", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if target.is_file():
+                    return target
+                fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
+                os.close(fd)
+                command = [cxx, *CXX_FLAGS, "-o", partial, str(SOURCE)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    os.unlink(partial)
+                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+                os.replace(partial, target)
+                for stale in directory.glob("aivm_keccak-*.so"):  # libraries of older sources
+                    if stale != target:
+                        stale.unlink(missing_ok=True)
+                return target
+        except OSError as error:
+            errors.append(f"{directory}: {error}")
+    raise RuntimeError("no writable build directory: " + "; ".join(errors))
+
+
+_SIZE, _U64, _PTR = ctypes.c_size_t, ctypes.c_uint64, ctypes.c_void_p
+_SIGNATURES = {
+    "aivm_keccak_threads": [ctypes.c_int],
+    "aivm_keccak256_batch": [_SIZE, _PTR, _PTR, _PTR],
+    "aivm_merkle_levels": [_SIZE, _PTR, _PTR],
+    "aivm_slice_leaves": [_PTR, _U64, _PTR, _SIZE, _SIZE, _PTR],
+    "aivm_trace": [_SIZE, _SIZE, _PTR, _PTR, _PTR, _PTR, _PTR],
+}
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("AIVM_KECCAK", "auto") == "python":
+        return None, "off: AIVM_KECCAK=python"
+    try:
+        path = build_native()
+        library = ctypes.CDLL(str(path))
+    except (RuntimeError, OSError) as error:
+        return None, f"unavailable: {error}"
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, None
+    library.aivm_keccak_threads.restype = ctypes.c_int
+    return library, f"native ({path.name})"
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The loaded batched-Keccak library, or None where it cannot be built or loaded here
+    (`native_status` says why); callers then take their pure-Python path."""
+    return _load()[0]
+
+
+def native_status() -> str:
+    """One line: ``native (library)`` where the batched Keccak runs, else why not."""
+    return _load()[1]
+
+
+def keccak256_batch(messages: Sequence[bytes]) -> list[bytes]:
+    """``[keccak256(m) for m in messages]`` (32 bytes each), in one native call where the
+    library loads."""
+    library = native_library()
+    if library is None or not messages:
+        return [keccak256(m) for m in messages]
+    n = len(messages)
+    offsets = (ctypes.c_uint64 * (n + 1))(0, *itertools.accumulate(map(len, messages)))
+    out = ctypes.create_string_buffer(32 * n)
+    library.aivm_keccak256_batch(n, b"".join(messages), offsets, out)
+    raw = out.raw
+    return [raw[k : k + 32] for k in range(0, 32 * n, 32)]

@@ -16,24 +16,31 @@ leaf of the AIVM's trees encodes its own position (step index, slice index; see
 ``docs/spec/commitments.md``). The leaves are *not* sorted (unlike
 ``StandardMerkleTree``): their order is the commitment's canonical order.
 
-`verify` needs nothing but Keccak (no JAX, no NumPy).
+`verify` needs nothing but Keccak (no JAX, no NumPy). `merkle_levels` hashes every level
+in one native call where the batched Keccak loads (`aivm_jax.disputes._keccak`), else in
+Python (`merkle_levels_python`); both give the same nodes.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 from aivm_jax._errors import CommitmentError
+from aivm_jax.disputes import _keccak
 from aivm_jax.disputes._keccak import keccak256
 
 __all__ = [
     "hash_leaf",
     "hash_pair",
     "merkle_levels",
+    "merkle_levels_python",
     "merkle_proof",
     "merkle_root",
     "process_proof",
     "proof_from_levels",
+    "split_levels",
+    "tree_nodes",
     "verify",
 ]
 
@@ -62,8 +69,48 @@ def _checked(leaves: Sequence[bytes]) -> list[bytes]:
     return out
 
 
+def tree_nodes(n: int) -> int:
+    """How many nodes a tree of ``n >= 1`` leaves has over all its levels (leaves included)."""
+    total = n
+    while n > 1:
+        n = (n + 1) // 2
+        total += n
+    return total
+
+
+def split_levels(nodes: bytes, n: int, at: int = 0) -> list[list[bytes]]:
+    """The levels of a tree of ``n`` leaves from its nodes concatenated level by level
+    (``32 * tree_nodes(n)`` bytes from byte ``at``, the leaves first), as `merkle_levels`
+    returns them."""
+    if n == 1:
+        return [[nodes[at : at + 32]]]
+    levels = []
+    while True:
+        levels.append([nodes[k : k + 32] for k in range(at, at + 32 * n, 32)])
+        at += 32 * n
+        if n == 1:
+            return levels
+        n = (n + 1) // 2
+
+
 def merkle_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
-    """Every level of the tree, the leaves first and the one-node root level last."""
+    """Every level of the tree, the leaves first and the one-node root level last.
+
+    Raises:
+      CommitmentError: no leaves, or a leaf that is not 32 bytes.
+    """
+    checked = _checked(leaves)
+    library = _keccak.native_library()
+    if library is None or len(checked) == 1:
+        return merkle_levels_python(checked)
+    n = len(checked)
+    out = ctypes.create_string_buffer(32 * tree_nodes(n))
+    library.aivm_merkle_levels(n, b"".join(checked), out)
+    return split_levels(out.raw, n)
+
+
+def merkle_levels_python(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """`merkle_levels` with one Python call per hash (the reference the native path equals)."""
     levels = [_checked(leaves)]
     while len(levels[-1]) > 1:
         level = levels[-1]

@@ -10,6 +10,9 @@ For batch row ``r`` and step ``s`` (inputs are steps ``0 .. I-1``, node ``n`` is
   trace root, which depends only on the model and that row's input (not on the batch);
 * ``trace_root = merkle_root(leaf("aivm.trace.row.v1", r, batch, row_root[r]) for r)``.
 
+The hashing runs in one native call for the whole batch where the batched Keccak loads
+(`aivm_jax.disputes._keccak`), else in Python; both give the same nodes (tests).
+
 Step outputs come from the JAX lowering of each op, unfused, in one jitted function
 that returns every intermediate (``engine="jax"``), or from the NumPy reference
 (``engine="reference"``); both are bit-identical to `aivm_jax.infer` (tests).
@@ -18,7 +21,11 @@ that returns every intermediate (``engine="jax"``), or from the NumPy reference
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
+import functools
+import math
+import struct
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -26,9 +33,24 @@ from typing import Any, Literal
 import numpy as np
 
 from aivm_jax._errors import CommitmentError
+from aivm_jax.disputes import _keccak
 from aivm_jax.disputes._keccak import keccak256
-from aivm_jax.disputes._leaves import DTYPE_CODES, TAGS, encode_leaf, tensor_slices
-from aivm_jax.disputes._merkle import hash_leaf, merkle_levels, proof_from_levels
+from aivm_jax.disputes._leaves import (
+    DTYPE_CODES,
+    TAGS,
+    dtype_code,
+    encode_leaf,
+    little_endian,
+    slice_bytes,
+    tensor_slices,
+)
+from aivm_jax.disputes._merkle import (
+    hash_leaf,
+    merkle_levels_python,
+    proof_from_levels,
+    split_levels,
+    tree_nodes,
+)
 from aivm_jax.disputes._opening import Opening
 from aivm_jax.program import Program
 
@@ -41,9 +63,15 @@ _SLICE, _STEP, _ROW = TAGS["aivm.trace.slice.v1"], TAGS["aivm.trace.step.v1"], T
 def step_leaf_payload(step_root: bytes, dtype: str, row_shape: Sequence[int]) -> bytes:
     """``abi.encode(bytes32 step_root, uint256 dtype, uint256[] row_shape)``: the payload of a
     step's leaf in a row trace (dtype as its `DTYPE_CODES` width)."""
-    words = [step_root, DTYPE_CODES[dtype].to_bytes(32, "big"), (96).to_bytes(32, "big")]
+    return step_root + _payload_tail(DTYPE_CODES[dtype], tuple(int(d) for d in row_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _payload_tail(code: int, row_shape: tuple[int, ...]) -> bytes:
+    """``step_leaf_payload`` after the step root: the dtype's code and the row shape."""
+    words = [code.to_bytes(32, "big"), (96).to_bytes(32, "big")]
     words.append(len(row_shape).to_bytes(32, "big"))
-    words += [int(d).to_bytes(32, "big") for d in row_shape]
+    words += [d.to_bytes(32, "big") for d in row_shape]
     return b"".join(words)
 
 
@@ -112,7 +140,7 @@ class RowTrace:
 
     step_roots: tuple[bytes, ...]
     root: bytes
-    _step_levels: list[list[list[bytes]]] = dataclasses.field(repr=False)
+    _step_levels: Sequence[list[list[bytes]]] = dataclasses.field(repr=False)
     _levels: list[list[bytes]] = dataclasses.field(repr=False)
 
 
@@ -183,13 +211,125 @@ def _row_trace(values: Sequence[np.ndarray], row: int, payload_tails: Sequence[b
     step_levels, step_leaves, roots = [], [], []
     for s, value in enumerate(values):
         slices = tensor_slices(value[row])
-        levels = merkle_levels([_leaf(_SLICE, s, j, data) for j, data in enumerate(slices)])
+        levels = merkle_levels_python([_leaf(_SLICE, s, j, data) for j, data in enumerate(slices)])
         step_levels.append(levels)
         root = levels[-1][0]
         roots.append(root)
         step_leaves.append(_leaf(_STEP, s, 0, root + payload_tails[s]))
-    levels = merkle_levels(step_leaves)
+    levels = merkle_levels_python(step_leaves)
     return RowTrace(step_roots=tuple(roots), root=levels[-1][0], _step_levels=step_levels, _levels=levels)
+
+
+def _commit_python(
+    values: Sequence[np.ndarray], tails: Sequence[bytes]
+) -> tuple[tuple[RowTrace, ...], list[list[bytes]]]:
+    """The row traces and the batch tree's levels, one Python call per hash (the reference)."""
+    batch = values[0].shape[0]
+    rows = tuple(_row_trace(values, r, tails) for r in range(batch))
+    levels = merkle_levels_python([_leaf(_ROW, r, batch, rt.root) for r, rt in enumerate(rows)])
+    return rows, levels
+
+
+_TAGS = _SLICE + _STEP + _ROW
+
+
+def _widths(n: int) -> list[int]:
+    """The level sizes of a tree of ``n`` leaves, the leaves first."""
+    widths = [n]
+    while n > 1:
+        n = (n + 1) // 2
+        widths.append(n)
+    return widths
+
+
+class _Layout:
+    """What ``aivm_trace`` (``_native/keccak.cc``) is told about a batch of one shape, and
+    where it puts each node: ``key`` is the batch size and each step's (dtype code, batched
+    shape). `struct` reads in one call every step root, every row-tree node and every
+    batch-tree node of the output as 32-byte ``bytes``."""
+
+    def __init__(self, batch: int, key: tuple[tuple[int, tuple[int, ...]], ...]) -> None:
+        steps = len(key)
+        row_bytes = [math.prod(shape[1:]) * code // 8 for code, shape in key]
+        cut = [slice_bytes(shape[1:], code // 8) for code, shape in key]
+        tails = [_payload_tail(code, shape[1:]) for code, shape in key]
+        self.words = struct.pack(
+            f"<{3 * steps}Q", *[w for t in zip(row_bytes, cut, map(len, tails)) for w in t]
+        )
+        self.tails = b"".join(tails)
+        self.slices = [-(-n // c) for n, c in zip(row_bytes, cut)]
+        self.offsets = [0]
+        for n in self.slices:
+            self.offsets.append(self.offsets[-1] + 32 * tree_nodes(n))
+        self.per_row = self.offsets[-1] + 32 * tree_nodes(steps)
+        self.size = batch * self.per_row + 32 * tree_nodes(batch)
+        row = "".join(f"{32 * (tree_nodes(n) - 1)}x32s" for n in self.slices) + "32s" * tree_nodes(steps)
+        self.struct = struct.Struct("<" + row * batch + "32s" * tree_nodes(batch))
+        self.per_row_items = steps + tree_nodes(steps)
+        self.row_levels = self._bounds(steps, steps)  # in a row's items, after its step roots
+        self.batch_levels = self._bounds(batch, batch * self.per_row_items)
+
+    @staticmethod
+    def _bounds(n: int, at: int) -> list[tuple[int, int]]:
+        bounds = []
+        for width in _widths(n):
+            bounds.append((at, at + width))
+            at += width
+        return bounds
+
+
+_layout = functools.lru_cache(maxsize=64)(_Layout)
+
+
+class _StepLevels(Sequence[list[list[bytes]]]):
+    """One row's step trees (`RowTrace._step_levels`), each read from the native call's
+    nodes when first asked for: item ``s`` is step ``s``'s `merkle_levels`."""
+
+    __slots__ = ("_raw", "_base", "_layout", "_read")
+
+    def __init__(self, raw: bytes, base: int, layout: _Layout) -> None:
+        self._raw, self._base, self._layout = raw, base, layout
+        self._read: dict[int, list[list[bytes]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._layout.slices)
+
+    def __getitem__(self, s):  # type: ignore[override]
+        if isinstance(s, slice):
+            return [self[k] for k in range(*s.indices(len(self)))]
+        s = range(len(self))[s]
+        if s not in self._read:
+            layout = self._layout
+            self._read[s] = split_levels(self._raw, layout.slices[s], self._base + layout.offsets[s])
+        return self._read[s]
+
+
+def _commit_native(
+    library: ctypes.CDLL, values: Sequence[np.ndarray], codes: Sequence[int]
+) -> tuple[tuple[RowTrace, ...], list[list[bytes]]]:
+    """`_commit_python`'s result from one native call (``aivm_trace`` in ``_native/keccak.cc``,
+    which documents the node layout this reads back)."""
+    steps, batch = len(values), values[0].shape[0]
+    layout = _layout(batch, tuple(zip(codes, (v.shape for v in values))))
+    out = ctypes.create_string_buffer(layout.size)
+    data = b"".join([little_endian(v) for v in values])
+    library.aivm_trace(steps, batch, data, layout.words, layout.tails, _TAGS, out)
+    raw = out.raw
+    items = layout.struct.unpack(raw)
+    rows = []
+    width = layout.per_row_items
+    for r in range(batch):
+        at = r * width
+        levels = [list(items[at + a : at + b]) for a, b in layout.row_levels]
+        rows.append(
+            RowTrace(
+                step_roots=items[at : at + steps],
+                root=levels[-1][0],
+                _step_levels=_StepLevels(raw, r * layout.per_row, layout),
+                _levels=levels,
+            )
+        )
+    return tuple(rows), [list(items[a:b]) for a, b in layout.batch_levels]
 
 
 def trace(program: Program, inputs: Any, *, engine: Engine = "jax") -> Trace:
@@ -218,18 +358,25 @@ def commit_values(program: Program, values: Sequence[np.ndarray]) -> Trace:
 
     names = [spec.name for spec in program.inputs] + [node.output for node in program.nodes]
     values = [np.asarray(v) for v in values]
-    if len(values) != len(names) or len({v.shape[0] if v.ndim else -1 for v in values}) != 1:
+    if (
+        len(values) != len(names)
+        or len({v.shape[0] if v.ndim else -1 for v in values}) != 1
+        or any(v.ndim == 0 for v in values)
+    ):
         raise CommitmentError(
             f"expected {len(names)} batched arrays sharing one batch size, one per step, got "
             f"{[v.shape for v in values]}"
         )
+    codes = [dtype_code(v.dtype) for v in values]  # raises for a dtype that is not int8/int32
     index = {name: s for s, name in enumerate(names)}
     outs = [values[index[spec.name]] for spec in program.outputs]
     digests, _ = row_hash_table(program.model_id, [spec.name for spec in program.outputs], outs)
-    tails = [step_leaf_payload(b"", v.dtype.name, v.shape[1:]) for v in values]
-    batch = values[0].shape[0]
-    rows = tuple(_row_trace(values, r, tails) for r in range(batch))
-    levels = merkle_levels([_leaf(_ROW, r, batch, rt.root) for r, rt in enumerate(rows)])
+    library = _keccak.native_library()
+    if library is None or any(v.size == 0 for v in values):  # (an empty tree raises in Python)
+        tails = [_payload_tail(c, v.shape[1:]) for c, v in zip(codes, values)]
+        rows, levels = _commit_python(values, tails)
+    else:
+        rows, levels = _commit_native(library, values, codes)
     return Trace(
         model_id=program.model_id,
         output_hash=output_hash(program.model_id, digests),
