@@ -462,7 +462,8 @@ def infer(
             outs, hasher = found
             outs = [np.asarray(o) for o in outs]
             hashes, digest = hasher(outs)
-            return InferenceResult(
+            result = object.__new__(InferenceResult)  # the dataclass's own __init__ sets these six
+            result.__dict__.update(  # fields one by one through object.__setattr__ (frozen)
                 model_id=program.model_id,
                 outputs=outs[0],
                 named_outputs=dict(zip(entry.output_names, outs)),
@@ -470,6 +471,7 @@ def infer(
                 output_hash=digest,
                 input_quantized=False,
             )
+            return result
     feeds, quantized = _feeds(program, inputs)
     if mode == "reference":
         outs = [np.asarray(o) for o in evaluate(program, feeds, program.params, "reference")]

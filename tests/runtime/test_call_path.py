@@ -66,6 +66,9 @@ def test_cached_calls_give_the_golden_outputs_and_hashes(name, golden_hashes, mo
         assert not result.input_quantized and not result.outputs.flags.writeable
     rows, digest = _spec_hashes(program, [reference.outputs])
     assert list(again.row_hashes) == rows and again.output_hash == digest
+    assert type(again) is aivm_jax.InferenceResult and list(vars(again)) == list(vars(first))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.output_hash = "0x"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("name", ZOO)
