@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NATIVE_MIN_MESSAGES", "Part", "native_available", "sha256_many", "shared"]
+__all__ = ["NATIVE_MIN_MESSAGES", "Part", "native_available", "native_rows", "sha256_many", "shared"]
 
 Part = tuple[np.ndarray, int, int]  # (uint8 data, bytes per message, stride)
 
@@ -123,6 +123,18 @@ def _agrees_with_hashlib(function: Callable) -> bool:
             )
             return False
     return True
+
+
+def native_rows() -> Callable:
+    """``aivm_sha256_rows(count, parts, data, sizes, strides, digests, hex)`` (see ``row_hash.cc``).
+
+    Raises:
+      RuntimeError: it does not run here (`native_available`).
+    """
+    function = _native()
+    if function is None:
+        raise RuntimeError("the native SHA-256 path does not run here")
+    return function
 
 
 def native_available() -> bool:

@@ -19,6 +19,7 @@ from aivm_jax import (
 from aivm_jax.conformance import DATA_DIR
 from aivm_jax.runtime import _infer
 from aivm_jax.runtime._hashing import ResultHasher, output_hash, row_hash_table
+from aivm_jax.runtime._sha256 import native_available
 
 ZOO = ("digits-mlp", "digits-cnn")
 
@@ -240,12 +241,15 @@ def test_large_parameters_are_placed_on_the_device_once(monkeypatch):
 def test_the_result_hasher_matches_the_definition_for_any_layout():
     rng = np.random.default_rng(3)
     model_id = "0x" + bytes(range(32)).hex()
-    for count in (0, 1, 2, 5, 31, 32, 40):
+    for count in (0, 1, 2, 5, 7, 8, 9, 31, 32, 40):
         a = rng.integers(-(2**31), 2**31, (count, 3, 5), dtype=np.int64).astype(np.int32)
         b = rng.integers(-128, 128, (count, 7), dtype=np.int8)
         for outputs in ([a], [b], [a, b], [a[:, :, ::2], b], [a.astype(">i4"), b], [np.asfortranarray(a)]):
             names = ["logits", "y"][: len(outputs)]
             _, rows = row_hash_table(model_id, names, outputs, native=False)
-            hashes, digest = ResultHasher(model_id, names, outputs)(outputs)
+            hasher = ResultHasher(model_id, names, outputs)
+            hashes, digest = hasher(outputs)
             assert list(hashes) == rows, (count, [o.dtype for o in outputs])
             assert digest == output_hash(model_id, rows)
+            if native_available() and count:  # the native call, whatever the batch size
+                assert hasher._native_hashes(outputs, count) == (hashes, digest)
