@@ -594,7 +594,9 @@ contract DisputeGame {
         if (!MerkleProof.verify(descriptorProof, g.modelRoot, _leaf(TAG_STEP, g.step, 0, keccak256(descriptor)))) {
             revert BadProof();
         }
-        step = abi.decode(descriptor, (Step));
+        // A descriptor is abi.encode of its five fields in order (not of one Step tuple).
+        (step.op, step.operands, step.outDtype, step.outShape, step.attrs) =
+            abi.decode(descriptor, (bytes32, Operand[], uint256, uint256[], int256[]));
         executor = executorFor(step.op);
         shapes = new uint256[][](step.operands.length);
         roots = new bytes32[](step.operands.length);

@@ -213,6 +213,54 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
                 p.kill()
 
 
+def test_a_dispute_game_on_hardhat_finds_the_lie_and_the_honest_node_wins(hardhat):
+    """Two agents signing with their own keys play `DisputeGame` over JSON-RPC: a liar at a
+    middle step of digits-mlp against an honest node."""
+    from aivm_jax.chain import GameAgent, artifact, deploy_game, play
+    from aivm_jax.disputes import (
+        Outcome,
+        TraceProvider,
+        commit_values,
+        faulty_values,
+        input_commitment,
+        model_commitment,
+        step_values,
+    )
+
+    program = aivm_jax.load(MLP)
+    inputs = np.load(DATA_DIR / "digits-mlp.inputs.npy")[:1]
+    keys = hardhat["keys"]
+    chain = Chain.connect(hardhat["url"], keys[5])
+    game = chain.w3.eth.contract(address=deploy_game(chain), abi=artifact("DisputeGame")["abi"])
+    model = model_commitment(program)
+    honest = commit_values(program, step_values(program, inputs))
+    step = len(program.inputs) + len(program.nodes) // 2
+    liar = commit_values(program, faulty_values(program, inputs, step, element=4))
+    root = input_commitment(honest, len(program.inputs))
+    liar_agent = GameAgent(Chain.connect(hardhat["url"], keys[6]), game, TraceProvider(liar, model, root, 1))
+    honest_agent = GameAgent(Chain.connect(hardhat["url"], keys[7]), game, TraceProvider(honest, model, root, 1))
+    header = model.header()
+    receipt = chain.transact(
+        game.functions.create(
+            liar_agent.address,
+            honest_agent.address,
+            model.root,
+            header.payload,
+            list(header.proof),
+            root.root,
+            1,
+            liar.root,
+            honest.root,
+            3600,
+        )
+    )
+    (event,) = game.events.GameCreated().process_receipt(receipt)
+    state = play([liar_agent, honest_agent], event["args"]["id"])
+    assert state.outcome == Outcome.CHALLENGER_WINS
+    assert (state.step, state.element) == (step, 4)
+    assert state.spent_c > 0 and state.spent_d > 0
+
+
 def test_devnet_command_serves_json_rpc_and_stops_on_ctrl_c():
     port = _free_port()
     process = subprocess.Popen(

@@ -181,3 +181,48 @@ def test_the_moves_stay_within_the_bound(setup, mlp):
     bound = 2 * int(np.ceil(np.log2(3))) + 2 * int(np.ceil(np.log2(table.honest.steps)))
     bound += 2 * int(np.ceil(np.log2(elements))) + 4
     assert state.outcome == Outcome.CHALLENGER_WINS and state.moves <= bound
+
+
+def test_two_liars_lose_to_one_honest_node(setup, mlp):
+    chain, game = setup
+    table = Table(*mlp)
+    step = len(table.program.inputs) + 4
+    liars = [table.liar(step, row=0, element=2), table.liar(step, row=0, element=2)]
+    accounts = chain.w3.eth.accounts
+    honest = GameAgent(chain.as_account(accounts[2]), game, table.provider(table.honest))
+    for n, liar in enumerate(liars):
+        agent = GameAgent(chain.as_account(accounts[3 + n]), game, table.provider(liar))
+        game_id = _create(chain, game, table, liar, table.honest, agent.address, honest.address)
+        assert play([agent, honest], game_id).outcome == Outcome.CHALLENGER_WINS
+        game_id = _create(chain, game, table, table.honest, liar, honest.address, agent.address)
+        assert play([honest, agent], game_id).outcome == Outcome.DEFENDER_WINS
+
+
+def test_a_forged_one_step_opening_reverts(setup, mlp):
+    chain, game = setup
+    table = Table(*mlp)
+    step = len(table.program.inputs)  # the first matmul: reads an input row and a weight column
+    liar = table.liar(step, row=0, element=0)
+    d, c = _agents(chain, game, table, liar, table.honest)
+    game_id = _create(chain, game, table, liar, table.honest, d.address, c.address)
+    while d.state(game_id).phase != Phase.ONE_STEP:
+        assert d.act(game_id) or c.act(game_id)
+    state = c.state(game_id)
+    fn, name = c._move(game_id, state)
+    assert name == "resolve"
+    args = list(fn.args)
+    slices = [list(s) for s in args[4]]
+    forged = [list(s) for s in slices]
+    forged[0][3] = bytes([forged[0][3][0] ^ 1]) + forged[0][3][1:]
+    with pytest.raises(TransactionRevertedError, match="BadProof"):
+        c.chain.transact(game.functions.resolve(*args[:4], forged, args[5]))
+    if len(slices) > 1:
+        swapped = list(reversed(args[5]))
+        with pytest.raises(TransactionRevertedError, match="OperandMismatch|BadArguments"):
+            c.chain.transact(game.functions.resolve(*args[:4], slices, swapped))
+    values = [list(v) for v in args[3]]
+    values[0][0] = table.liar(0, row=0, element=9).step(0, 0).payload  # an input leaf no one agreed to
+    with pytest.raises(TransactionRevertedError, match="BadProof"):
+        c.chain.transact(game.functions.resolve(args[0], args[1], args[2], values, slices, args[5]))
+    assert c.act(game_id) == "resolve"
+    assert c.state(game_id).outcome == Outcome.CHALLENGER_WINS
