@@ -427,7 +427,9 @@ def infer(
     """Run an AIVM program on a batch of integer inputs.
 
     Args:
-      model: a `Program`, or the path of a `.aivm` file (loaded and verified).
+      model: a `Program`, or the path of a `.aivm` file (loaded and verified;
+        read on every call, and kept by the SHA-256 of its bytes, so a file
+        replaced at the same path is loaded and verified again).
       inputs: an integer array of shape ``(batch, *input_shape)`` for a
         one-input program, or a dict of them by input name. Any integer dtype
         is accepted if every value fits the input's dtype. Floats are quantized
@@ -436,7 +438,11 @@ def infer(
         programs do), and refused otherwise.
       mode: ``"jit"`` (default; compiled once per program and input shape),
         ``"eager"`` (op by op, same JAX ops) or ``"reference"`` (the NumPy
-        yellow paper). All three give identical bits.
+        yellow paper). All three give identical bits. In ``"jit"`` mode on the
+        default device, inputs that are plain ndarrays of the same dtypes and
+        shapes as those of an earlier call, which needed no conversion, skip the
+        dtype and shape checks (values are still checked against declared
+        bounds) and go straight to the executable compiled for their shapes.
       devices: ``None`` for JAX's default device, a list of devices or
         ``"all"`` to shard the batch over them (``mode="jit"`` only).
       expected_model_id: refuse a program file whose id differs.
