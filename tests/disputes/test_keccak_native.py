@@ -70,7 +70,7 @@ def test_standard_vectors(native):
 def test_lengths_around_the_rate_and_random_messages(native, threads):
     rng = random.Random(20)
     lengths = [0, 1, 7, 8, 9, 31, 32, 33, 64, 127, 128, 134, 135, 136, 137, 271, 272, 273, 1000, 4097]
-    lengths += [rng.randrange(0, 700) for _ in range(3000)]  # > the parallel threshold in blocks
+    lengths += [rng.randrange(0, 1400) for _ in range(6000)]  # over the parallel threshold in blocks
     messages = [rng.randbytes(n) for n in lengths]
     assert keccak256_batch(messages) == [keccak256_reference(m) for m in messages]
     for n in range(1, 9):  # every remainder of a batch of four, alone
@@ -190,12 +190,12 @@ def test_random_traces_equal_the_python_commitment(zoo, monkeypatch, threads):
 
 
 def test_a_large_trace_is_the_same_with_and_without_helper_threads(zoo, native):
-    """Over the parallel threshold in every slice stage: 16 rows of 64 KiB a step."""
+    """Over the parallel threshold (16384 blocks) in its slice stage: 24 rows of 128 KiB."""
     program, _ = zoo["digits-mlp"]
     steps = len(program.inputs) + len(program.nodes)
     rng = np.random.default_rng(5)
-    values = [rng.integers(-(2**31), 2**31, size=(16, 128, 128), dtype=np.int64).astype(np.int32)]
-    values += [rng.integers(-128, 128, size=(16, 3, 5), dtype=np.int8) for _ in range(steps - 1)]
+    values = [rng.integers(-(2**31), 2**31, size=(24, 256, 128), dtype=np.int64).astype(np.int32)]
+    values += [rng.integers(-128, 128, size=(24, 3, 5), dtype=np.int8) for _ in range(steps - 1)]
     before = native.aivm_keccak_threads(0)
     try:
         native.aivm_keccak_threads(1)

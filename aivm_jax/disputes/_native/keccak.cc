@@ -346,9 +346,11 @@ class Pool {
   std::atomic<int> parked_{0};
 };
 
-// Below this many blocks a batch is hashed by the caller alone: handing work to a helper
-// costs a wake-up, and on a loaded machine a helper preempted mid-task stalls the caller.
-constexpr size_t kParallelBlocks = 4096;
+// Below this many blocks (about 2 ms of one core) a batch is hashed by the caller alone:
+// handing work to a helper costs a wake-up, and on a loaded machine a helper preempted in
+// the middle of a task stalls the caller for a time slice (digits-cnn's trace, 2304 blocks
+// in its largest batch, took 4x longer at the median with a helper on a shared 2-core box).
+constexpr size_t kParallelBlocks = 16384;
 
 // Every message of `msgs`: four at a time, most blocks first so the lanes of a group finish
 // together (a last group of two or three is filled with repeats whose digests are dropped,
