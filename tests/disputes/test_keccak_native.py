@@ -222,6 +222,7 @@ def test_bad_values_are_refused_on_both_paths(zoo, monkeypatch):
 
 
 def test_without_a_compiler_the_python_path_is_taken(monkeypatch, tmp_path):
+    monkeypatch.delenv("AIVM_KECCAK", raising=False)
     monkeypatch.setattr(_keccak, "_build_dirs", lambda: [tmp_path / "build"])
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
