@@ -1,4 +1,5 @@
-"""Greedy text generation with an integer character-level LM program (``char-gpt``).
+"""Greedy text generation with an integer decoder program: ``char-gpt``'s characters, or an
+imported GPT-2's tokenizer (`aivm_jax.quant.hf`; its ``tokenizer.json`` travels in the program).
 
 The program picks each next token itself (``next_token`` is an in-program
 argmax), so the generated tokens are part of what consensus covers. The host
@@ -17,6 +18,7 @@ depend on order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import struct
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from aivm_jax._errors import InputRangeError, WrongProgramError
+from aivm_jax._errors import InputDTypeError, InputRangeError, WrongProgramError
 from aivm_jax.program import Program, load
 from aivm_jax.runtime import infer
 
@@ -63,26 +65,46 @@ def tokens_hash(model_id: str, tokens: Sequence[int]) -> str:
 class _LM:
     def __init__(self, program: Program) -> None:
         meta = program.metadata
-        if meta.get("kind") != "char-lm" or "next_token" not in {s.name for s in program.outputs}:
+        kind = meta.get("kind")
+        if kind not in ("char-lm", "causal-lm") or "next_token" not in {s.name for s in program.outputs}:
             raise WrongProgramError(
-                f"{program.name} ({program.model_id[:10]}...) is not a character LM: "
-                "build one with `aivm zoo build char-gpt -o FILE`"
+                f"{program.name} ({program.model_id[:10]}...) is not a language model: "
+                "build one with `aivm zoo build char-gpt -o FILE`, or import a GPT-2 folder "
+                "with `aivm import MODEL_DIR -o FILE`"
             )
         self.program = program
-        self.vocab = meta["vocab"]
+        self.vocab = meta["vocab"] if kind == "char-lm" else None
+        self.tokenizer = _tokenizer(meta["tokenizer"]) if kind == "causal-lm" else None
         self.context = int(meta["context"])
         self.layers = int(meta["layers"])
-        spec = {s.name: s for s in program.inputs}["past_k.0"]
-        self.heads, _, self.head_dim = spec.shape
+        specs = {s.name: s for s in program.inputs}
+        self.heads, _, self.head_dim = specs["past_k.0"].shape
+        self.vocab_size = specs["tokens"].bounds[1] + 1 if specs["tokens"].bounds else None
 
     def encode(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise InputDTypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+        if not prompt:
+            raise InputRangeError("a prompt needs at least one character")
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(prompt).ids
+            if not ids:
+                raise InputRangeError(f"prompt {prompt[:40]!r} has no tokens; give a longer one")
+            if self.vocab_size is not None and max(ids) >= self.vocab_size:
+                raise InputRangeError(
+                    f"the tokenizer gave token {max(ids)}, outside the model's vocabulary of {self.vocab_size}"
+                )
+            return ids
         index = {c: i for i, c in enumerate(self.vocab)}
         unknown = sorted({c for c in prompt if c not in index})
         if unknown:
             raise InputRangeError(f"prompt has characters outside the model's vocabulary: {unknown!r}")
-        if not prompt:
-            raise InputRangeError("a prompt needs at least one character")
         return [index[c] for c in prompt]
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(list(tokens), skip_special_tokens=False)
+        return "".join(self.vocab[t] for t in tokens)
 
     def feeds(self, tokens, positions, new_mask, past_k, past_v, past_mask) -> dict[str, np.ndarray]:
         out = {"tokens": tokens, "positions": positions, "new_mask": new_mask, "past_mask": past_mask}
@@ -98,6 +120,18 @@ class _LM:
             [np.zeros(shape, np.int8) for _ in range(self.layers)],
             np.zeros((batch, slots), np.int8),
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(text: str) -> Any:
+    """A ``tokenizers`` tokenizer from a program's ``tokenizer.json`` text (cached: building one
+    from GPT-2's 1.3 MB file takes about 0.1 s)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # tokenizers raises its own Exception subclass
+        raise WrongProgramError(f"the program's tokenizer does not load: {error}") from None
 
 
 def _right_padded(rows: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,18 +152,20 @@ def generate(
     devices: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
-    """Greedy decoding of ``max_new_tokens`` characters after each prompt.
+    """Greedy decoding of ``max_new_tokens`` tokens after each prompt.
 
     Args:
-      model: a char-LM program or its ``.aivm`` path.
-      prompts: one or more non-empty strings in the model's vocabulary.
-      max_new_tokens: >= 1; prompt plus new tokens must fit the context (128).
+      model: a decoder program (char-gpt, or an imported GPT-2) or its ``.aivm`` path.
+      prompts: one or more non-empty strings (char-gpt: in its character vocabulary; an
+        imported model: tokenized by its own tokenizer, carried in the program).
+      max_new_tokens: >= 1; prompt plus new tokens must fit the program's context
+        (``metadata["context"]``: 128 for char-gpt).
       cache: use the KV cache (default) or recompute the prefix every step.
       devices: passed to `infer` (``"all"`` shards the prompts over local devices).
       progress: called with ``(step, max_new_tokens)``.
 
     Raises:
-      WrongProgramError: not a char-LM program.
+      WrongProgramError: not a decoder program.
       InputRangeError: empty prompt, unknown character, or too long for the context.
     """
     program = model if isinstance(model, Program) else load(model)
@@ -143,11 +179,11 @@ def generate(
     longest = max(len(r) for r in rows)
     if longest + max_new_tokens > lm.context:
         raise InputRangeError(
-            f"prompt ({longest} characters) plus {max_new_tokens} new tokens exceeds the context of {lm.context}"
+            f"prompt ({longest} tokens) plus {max_new_tokens} new tokens exceeds the context of {lm.context}"
         )
     step = _step_with_cache if cache else _step_without_cache
     generated = step(lm, rows, max_new_tokens, devices, progress)
-    texts = tuple("".join(lm.vocab[t] for t in g) for g in generated)
+    texts = tuple(lm.decode(g) for g in generated)
     return GenerationResult(
         model_id=program.model_id,
         prompts=tuple(prompts),
