@@ -238,7 +238,9 @@ def test_a_dispute_game_on_hardhat_finds_the_lie_and_the_honest_node_wins(hardha
     liar = commit_values(program, faulty_values(program, inputs, step, element=4))
     root = input_commitment(honest, len(program.inputs))
     liar_agent = GameAgent(Chain.connect(hardhat["url"], keys[6]), game, TraceProvider(liar, model, root, 1))
-    honest_agent = GameAgent(Chain.connect(hardhat["url"], keys[7]), game, TraceProvider(honest, model, root, 1))
+    honest_agent = GameAgent(
+        Chain.connect(hardhat["url"], keys[7]), game, TraceProvider(honest, model, root, 1)
+    )
     header = model.header()
     receipt = chain.transact(
         game.functions.create(

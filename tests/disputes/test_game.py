@@ -113,7 +113,9 @@ def test_moves_out_of_turn_by_third_parties_and_with_forged_data_revert(setup, m
     stranger = chain.as_account(chain.w3.eth.accounts[3])
     with pytest.raises(TransactionRevertedError, match="NotAParty"):
         stranger.transact(game.functions.bisect(game_id, left, right))
-    with pytest.raises(TransactionRevertedError, match="BadProof"):  # the liar's children are not the defender's
+    with pytest.raises(
+        TransactionRevertedError, match="BadProof"
+    ):  # the liar's children are not the defender's
         d.chain.transact(game.functions.bisect(game_id, left, right))
     with pytest.raises(TransactionRevertedError, match="WrongPhase"):
         d.chain.transact(game.functions.revealRow(game_id, table.honest.rows[0].root))
@@ -131,7 +133,15 @@ def test_create_refuses_equal_roots_and_a_forged_header(setup, mlp):
     table = Table(*mlp)
     accounts = chain.w3.eth.accounts
     header = table.model.header()
-    args = [accounts[1], accounts[2], table.model.root, header.payload, list(header.proof), table.input.root, 3]
+    args = [
+        accounts[1],
+        accounts[2],
+        table.model.root,
+        header.payload,
+        list(header.proof),
+        table.input.root,
+        3,
+    ]
     with pytest.raises(TransactionRevertedError, match="SameRoots"):
         chain.transact(game.functions.create(*args, table.honest.root, table.honest.root, CLOCK))
     forged = header.payload[:-1] + b"\x01"
@@ -163,7 +173,9 @@ def test_a_party_that_stops_answering_loses_on_its_clock(setup, mlp, monkeypatch
 def test_an_honest_node_beats_a_liar_at_any_node_step(setup, mlp, where):
     table = Table(*mlp)
     first = len(table.program.inputs)
-    step = {"first": first, "middle": first + len(table.program.nodes) // 2, "last": table.honest.steps - 1}[where]
+    step = {"first": first, "middle": first + len(table.program.nodes) // 2, "last": table.honest.steps - 1}[
+        where
+    ]
     liar = table.liar(step, row=1, element=3)
     state = _play(setup, table, liar, table.honest)
     assert state.outcome == Outcome.CHALLENGER_WINS
