@@ -357,11 +357,21 @@ def _tanh_gelu(g: GraphBuilder, x: str, int8_name: str, output: str) -> str:
     return g.table(x8, _gelu_tanh, output, out_dtype="int32")
 
 
+class _Widened:
+    """``weights[name]`` as float64, widened when read (one layer's worth at a time, not 1 GB at once)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.weights = weights
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self.weights[name], np.float64)
+
+
 def _build_graph(
     weights: Mapping[str, np.ndarray], cfg: Gpt2Config, calibration: np.ndarray, name: str, progress
 ) -> tuple[GraphBuilder, list[tuple[str, str]]]:
     """Append the whole decoder to a `GraphBuilder` calibrated on ``calibration`` ``(B, T)`` tokens."""
-    w = {k: np.asarray(v, np.float64) for k, v in weights.items() if k != "lm_head.weight"}
+    w = _Widened(weights)
     b, t = calibration.shape
     d = cfg.width
     g = GraphBuilder(name, _input_specs(cfg, cfg.positions), _prefill_feeds(cfg, calibration))
@@ -405,12 +415,15 @@ def _build_graph(
         down = g.linear(act8, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], n + "down")
         x = g.add(x, down, n + "residual2", keep=keep)
         cache_outputs += [(f"new_k.{layer}", heads["k"]), (f"new_v.{layer}", heads["v"])]
+        for done in [v for v in g.values if v.startswith(n) and v not in (x, heads["k"], heads["v"])]:
+            del g.values[done]  # calibration values no later node reads: GPT-2 small's are ~250 MB a layer
     progress("quantizing the head")
     h = g.layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], cfg.eps, "ln_f")
     head = np.asarray(_head_weight(weights, cfg), np.float64)
     x8 = g.smoothed_input(h, [head], "head_in8", keep=keep, alpha=SMOOTHING)
     acc = g.linear(x8, head, np.zeros(cfg.vocab), "head")
-    top = float(np.abs(g.real(acc)).max())
+    acc_values = g.value(acc).reshape(-1, cfg.vocab)  # max |real| per channel, without a float copy of it all
+    top = float((np.maximum(acc_values.max(0), -acc_values.min(0).astype(np.int64)) * g.scales[acc]).max())
     g.requantize(
         acc, "logits", out_dtype="int32", scale=max(top, 1e-8) / 2**20
     )  # one scale: argmax is meaningful
@@ -481,6 +494,7 @@ def gpt2_program(
       metadata: stored in the program (JSON, no floats), besides what this adds.
     """
     g, _ = _build_graph(weights, cfg, np.asarray(calibration, np.int32), name, progress)
+    g.values.clear()  # the calibration activations (about 1 GB at GPT-2 small's shape) are done with
     meta = {
         "kind": "causal-lm",
         "layers": cfg.layers,
@@ -501,26 +515,34 @@ def gpt2_fidelity(
     from aivm_jax.runtime import infer
 
     windows = np.asarray(windows, np.int32)
-    result = infer(program, _prefill_feeds(cfg, windows))
     scale = program.metadata["logit_scale_ppb"] / 1e9
-    int_logits = result.named_outputs["logits"].astype(np.float64) * scale
-    float_logits = gpt2_float_logits(weights, cfg, windows).astype(np.float64)
-    targets = windows[:, 1:]
-
-    def nll(logits: np.ndarray) -> float:
-        logits = logits[:, :-1]
-        top = logits.max(-1, keepdims=True)
-        logz = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
-        return float((logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]).mean())
-
-    agreement = (result.named_outputs["next_token"] == float_logits.argmax(-1)).mean()
+    agree, float_nll, int_nll = 0, [], []
+    for start in range(0, len(windows), _FIDELITY_CHUNK):  # chunks bound the (B, T, V) float copies
+        chunk = windows[start : start + _FIDELITY_CHUNK]
+        result = infer(program, _prefill_feeds(cfg, chunk))
+        float_logits = gpt2_float_logits(weights, cfg, chunk)
+        agree += int((result.named_outputs["next_token"] == float_logits.argmax(-1)).sum())
+        float_nll.append(_token_nll(float_logits, chunk))
+        int_nll.append(_token_nll(result.named_outputs["logits"].astype(np.float64) * scale, chunk))
+    f, i = float(np.concatenate(float_nll).mean()), float(np.concatenate(int_nll).mean())
     return {
         "heldout_tokens": int(windows.size),
-        "agreement_ppm": round(float(agreement) * 1e6),
-        "float_perplexity_ppm": round(math.exp(nll(float_logits)) * 1e6),
-        "int_perplexity_ppm": round(math.exp(nll(int_logits)) * 1e6),
-        "perplexity_ratio_ppm": round(math.exp(nll(int_logits) - nll(float_logits)) * 1e6),
+        "agreement_ppm": round(agree / windows.size * 1e6),
+        "float_perplexity_ppm": round(math.exp(f) * 1e6),
+        "int_perplexity_ppm": round(math.exp(i) * 1e6),
+        "perplexity_ratio_ppm": round(math.exp(i - f) * 1e6),
     }
+
+
+_FIDELITY_CHUNK = 4
+
+
+def _token_nll(logits: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood (float64) of each next token ``windows[:, 1:]`` under ``logits[:, :-1]``."""
+    logits = np.asarray(logits[:, :-1], np.float64)
+    top = logits.max(-1, keepdims=True)
+    logz = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+    return (logz - np.take_along_axis(logits, windows[:, 1:, None].astype(np.int64), -1)[..., 0]).ravel()
 
 
 # -------------------------------------------------------------------- import
