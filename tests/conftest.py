@@ -72,3 +72,19 @@ def digits_test_inputs(shipped_program) -> np.ndarray:
 
     data = load_digits_data()
     return data.x_test.reshape((-1, *shipped_program.inputs[0].shape))
+
+
+@pytest.fixture(scope="session")
+def built_zoo():
+    """``get(name)``: the zoo program ``name`` built by `aivm_jax.models.build`, once per session
+    (minilm-l6 and char-gpt take a minute or more each; several test modules read them)."""
+    from aivm_jax.models import build
+
+    programs = {}
+
+    def get(name: str):
+        if name not in programs:
+            programs[name] = build(name)
+        return programs[name]
+
+    return get

@@ -642,17 +642,13 @@ def test_zoo_digits(ex, name):
 
 
 @pytest.fixture(scope="session")
-def minilm():
-    from aivm_jax.models import build
-
-    return build("minilm-l6")
+def minilm(built_zoo):
+    return built_zoo("minilm-l6")
 
 
 @pytest.fixture(scope="session")
-def char_gpt():
-    from aivm_jax.models import build
-
-    return build("char-gpt")
+def char_gpt(built_zoo):
+    return built_zoo("char-gpt")
 
 
 def _dynamic_feeds(program, length, seed=0):

@@ -842,17 +842,13 @@ def test_the_digits_steps(linear, zoo, name, ops):
 
 
 @pytest.fixture(scope="session")
-def minilm_program():
-    from aivm_jax.models import build
-
-    return build("minilm-l6")
+def minilm_program(built_zoo):
+    return built_zoo("minilm-l6")
 
 
 @pytest.fixture(scope="session")
-def char_gpt_program():
-    from aivm_jax.models import build
-
-    return build("char-gpt")
+def char_gpt_program(built_zoo):
+    return built_zoo("char-gpt")
 
 
 # The transformers' steps come from the reference engine: the JAX engine's all-intermediates

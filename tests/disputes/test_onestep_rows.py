@@ -605,15 +605,13 @@ def test_gas_at_the_zoo_largest_shapes(rows):
 
 
 @pytest.fixture(scope="session")
-def minilm_case():
+def minilm_case(built_zoo):
     """MiniLM (built once: a minute or more) and two real sentences, the second padded."""
     import json
     from pathlib import Path
 
-    from aivm_jax.models import build
-
     visible = json.loads((Path(__file__).parent.parent / "data" / "minilm_visible.json").read_text())
-    return build("minilm-l6"), minilm_feeds(visible["input_ids"][0], visible["input_ids"][1][:-3])
+    return built_zoo("minilm-l6"), minilm_feeds(visible["input_ids"][0], visible["input_ids"][1][:-3])
 
 
 def minilm_feeds(*sentences):
@@ -626,11 +624,9 @@ def minilm_feeds(*sentences):
 
 
 @pytest.fixture(scope="session")
-def char_gpt_case():
+def char_gpt_case(built_zoo):
     """char-gpt (built once: it trains, many minutes) with 5 new tokens after 3 cached ones."""
-    from aivm_jax.models import build
-
-    program = build("char-gpt")
+    program = built_zoo("char-gpt")
     return program, char_gpt_feeds(program, new=5, cached=3)
 
 
