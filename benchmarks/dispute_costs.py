@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(ZOO))
     args = parser.parse_args()
 
-    from aivm_jax.chain import Chain, GameAgent, artifact, deploy_game
+    from aivm_jax.chain import Chain, GameAgent, artifact, create_game, deploy_game
     from aivm_jax.disputes import (
         Outcome,
         TraceProvider,
@@ -109,23 +109,18 @@ def main() -> None:
             challenger = GameAgent(
                 chain.as_account(accounts[2]), game, TraceProvider(honest, model, inputs_root, first)
             )
-            h = model.header()
-            receipt = chain.transact(
-                game.functions.create(
-                    defender.address,
-                    challenger.address,
-                    model.root,
-                    h.payload,
-                    list(h.proof),
-                    inputs_root.root,
-                    1,
-                    liar.root,
-                    honest.root,
-                    86_400,
-                )
+            game_id = create_game(
+                chain,
+                game,
+                defender=defender.address,
+                challenger=challenger.address,
+                model=model,
+                inputs=inputs_root,
+                batch=1,
+                defender_root=liar.root,
+                challenger_root=honest.root,
+                clock=86_400,
             )
-            (event,) = game.events.GameCreated().process_receipt(receipt)
-            game_id = event["args"]["id"]
             start = time.perf_counter()
             while True:
                 moved = [agent.act(game_id) for agent in (defender, challenger)]

@@ -7,7 +7,7 @@ that answers requests with commit-reveal.
 
 from aivm_jax.chain._artifacts import artifact, build_artifacts
 from aivm_jax.chain._connect import DEFAULT_RPC_URL, Chain
-from aivm_jax.chain._game import EXECUTORS, GameAgent, deploy_game, play
+from aivm_jax.chain._game import EXECUTORS, GameAgent, create_game, deploy_game, play
 from aivm_jax.chain._network import (
     DEFAULT_BOND,
     DEFAULT_WINDOWS,
@@ -30,6 +30,7 @@ __all__ = [
     "Chain",
     "EXECUTORS",
     "GameAgent",
+    "create_game",
     "deploy_game",
     "play",
     "Network",

@@ -14,7 +14,7 @@ from aivm_jax._errors import CommitmentError, TransactionRevertedError
 from aivm_jax.chain._artifacts import artifact
 from aivm_jax.disputes import GameState, Phase, TraceProvider
 
-__all__ = ["EXECUTORS", "GameAgent", "deploy_game", "play"]
+__all__ = ["EXECUTORS", "GameAgent", "create_game", "deploy_game", "play"]
 
 EXECUTORS = ("OneStepLinear", "OneStepElementwise", "OneStepRows")
 """The one-step executor contracts the game is deployed with (every op of the opset)."""
@@ -28,6 +28,43 @@ def deploy_game(chain) -> str:
         executors.append(chain.deploy(compiled["abi"], compiled["bytecode"]))
     compiled = artifact("DisputeGame")
     return chain.deploy(compiled["abi"], compiled["bytecode"], executors)
+
+
+def create_game(
+    chain,
+    game,
+    *,
+    defender: str,
+    challenger: str,
+    model,
+    inputs,
+    batch: int,
+    defender_root: bytes,
+    challenger_root: bytes,
+    clock: int,
+) -> int:
+    """Start a game as its referee (``chain``'s account); return its id.
+
+    ``model`` is the `aivm_jax.disputes.ModelCommitment`, ``inputs`` the request's
+    `aivm_jax.disputes.InputCommitment`; each party gets ``clock`` seconds.
+    """
+    header = model.header()
+    receipt = chain.transact(
+        game.functions.create(
+            defender,
+            challenger,
+            model.root,
+            header.payload,
+            list(header.proof),
+            inputs.root,
+            batch,
+            defender_root,
+            challenger_root,
+            clock,
+        )
+    )
+    (event,) = game.events.GameCreated().process_receipt(receipt)
+    return event["args"]["id"]
 
 
 class GameAgent:

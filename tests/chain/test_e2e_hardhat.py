@@ -216,7 +216,7 @@ def test_network_of_processes_on_hardhat(hardhat, tmp_path):
 def test_a_dispute_game_on_hardhat_finds_the_lie_and_the_honest_node_wins(hardhat):
     """Two agents signing with their own keys play `DisputeGame` over JSON-RPC: a liar at a
     middle step of digits-mlp against an honest node."""
-    from aivm_jax.chain import GameAgent, artifact, deploy_game, play
+    from aivm_jax.chain import GameAgent, artifact, create_game, deploy_game, play
     from aivm_jax.disputes import (
         Outcome,
         TraceProvider,
@@ -241,23 +241,19 @@ def test_a_dispute_game_on_hardhat_finds_the_lie_and_the_honest_node_wins(hardha
     honest_agent = GameAgent(
         Chain.connect(hardhat["url"], keys[7]), game, TraceProvider(honest, model, root, 1)
     )
-    header = model.header()
-    receipt = chain.transact(
-        game.functions.create(
-            liar_agent.address,
-            honest_agent.address,
-            model.root,
-            header.payload,
-            list(header.proof),
-            root.root,
-            1,
-            liar.root,
-            honest.root,
-            3600,
-        )
+    game_id = create_game(
+        chain,
+        game,
+        defender=liar_agent.address,
+        challenger=honest_agent.address,
+        model=model,
+        inputs=root,
+        batch=1,
+        defender_root=liar.root,
+        challenger_root=honest.root,
+        clock=3600,
     )
-    (event,) = game.events.GameCreated().process_receipt(receipt)
-    state = play([liar_agent, honest_agent], event["args"]["id"])
+    state = play([liar_agent, honest_agent], game_id)
     assert state.outcome == Outcome.CHALLENGER_WINS
     assert (state.step, state.element) == (step, 4)
     assert state.spent_c > 0 and state.spent_d > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aivm_jax._errors import TransactionRevertedError
-from aivm_jax.chain import Chain, GameAgent, artifact, deploy_game, play
+from aivm_jax.chain import Chain, GameAgent, artifact, create_game, deploy_game, play
 from aivm_jax.disputes import (
     GameState,
     Outcome,
@@ -55,23 +55,18 @@ class Table:
 
 
 def _create(chain, game, table, defender_trace, challenger_trace, defender, challenger, clock=CLOCK):
-    header = table.model.header()
-    receipt = chain.transact(
-        game.functions.create(
-            defender,
-            challenger,
-            table.model.root,
-            header.payload,
-            list(header.proof),
-            table.input.root,
-            len(table.honest.rows),
-            defender_trace.root,
-            challenger_trace.root,
-            clock,
-        )
+    return create_game(
+        chain,
+        game,
+        defender=defender,
+        challenger=challenger,
+        model=table.model,
+        inputs=table.input,
+        batch=len(table.honest.rows),
+        defender_root=defender_trace.root,
+        challenger_root=challenger_trace.root,
+        clock=clock,
     )
-    (event,) = game.events.GameCreated().process_receipt(receipt)
-    return event["args"]["id"]
 
 
 def _agents(chain, game, table, defender_trace, challenger_trace):
