@@ -288,7 +288,7 @@ contract DisputeGame {
         if (!_turn(g)) revert NotYourTurn(msg.sender);
         _checkSlice(g, id, g.nodeC, data);
         if (keccak256(defenderData) != g.pendingLeft) revert BadProof();
-        uint256 itemsize = g.dtype / 8;
+        uint256 itemsize = _itemsize(g.dtype);
         uint256 at = 0;
         while (at < data.length && keccak256(data[at:at + itemsize]) == keccak256(defenderData[at:at + itemsize])) {
             at += itemsize;
@@ -432,7 +432,8 @@ contract DisputeGame {
 
     /// The executor that handles `op`.
     function executorFor(bytes32 op) public view returns (IOneStep) {
-        for (uint256 i = 0; i < executors.length; ++i) {
+        uint256 count = executors.length;
+        for (uint256 i = 0; i < count; ++i) {
             if (executors[i].handles(op)) return executors[i];
         }
         revert NoExecutor(op);
@@ -551,6 +552,11 @@ contract DisputeGame {
         }
     }
 
+    /// Bytes per element of dtype code `dtype` (8: int8, 32: int32).
+    function _itemsize(uint256 dtype) internal pure returns (uint256) {
+        return dtype == 8 ? 1 : 4;
+    }
+
     function _rowsPerSlice(uint256 rowBytes) internal pure returns (uint256) {
         uint256 r = SLICE_BYTES / rowBytes;
         return r == 0 ? 1 : r;
@@ -559,14 +565,14 @@ contract DisputeGame {
     function _sliceCount(uint256[] memory shape, uint256 dtype) internal pure returns (uint256) {
         uint256 d = Shapes.rowLength(shape);
         uint256 rows = Shapes.size(shape) / d;
-        uint256 r = _rowsPerSlice(d * (dtype / 8));
+        uint256 r = _rowsPerSlice(d * _itemsize(dtype));
         return (rows + r - 1) / r;
     }
 
     function _checkSlice(Game storage g, uint256 id, bytes32 node, bytes calldata data) internal view {
         if (_leaf(TAG_SLICE, g.step, g.index, keccak256(data)) != node) revert BadProof();
         uint256[] memory shape = _shapes[id];
-        uint256 rowBytes = Shapes.rowLength(shape) * (g.dtype / 8);
+        uint256 rowBytes = Shapes.rowLength(shape) * _itemsize(g.dtype);
         uint256 r = _rowsPerSlice(rowBytes);
         uint256 rows = Shapes.size(shape) / Shapes.rowLength(shape) - g.index * r;
         uint256 expected = (rows < r ? rows : r) * rowBytes;
@@ -660,7 +666,7 @@ contract DisputeGame {
         if (read.operand != slice.operand || read.column != slice.column) revert OperandMismatch(read.operand);
         uint256[] memory shape = shapes[read.operand];
         uint256 dtype = step.operands[read.operand].dtype;
-        uint256 itemsize = dtype / 8;
+        uint256 itemsize = _itemsize(dtype);
         uint256 d = Shapes.rowLength(shape);
         if (read.column) d = Shapes.size(shape) / d; // a row of the transpose
         uint256 rowBytes = d * itemsize;

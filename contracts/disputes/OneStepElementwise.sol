@@ -341,6 +341,7 @@ contract OneStepElementwise is IOneStep {
         returns (Read[] memory plan, uint256 col)
     {
         uint256[] memory out = _outputShape(step, shapes);
+        // slither-disable-next-line unused-return -- Shapes.check is called for its revert past the output
         Shapes.check(element, out);
         bytes32 op = step.op;
         uint256 row;

@@ -71,6 +71,7 @@ contract OneStepLinear is IOneStep {
         returns (Read[] memory r)
     {
         uint256[] memory out = _outputShape(step, shapes);
+        // slither-disable-next-line unused-return -- Shapes.check is called for its revert past the output
         Shapes.check(element, out);
         bytes32 op = step.op;
         if (op == MATMUL) {
@@ -87,6 +88,7 @@ contract OneStepLinear is IOneStep {
             r = new Read[](k + 1);
             r[0] = Read(0, false, aRow);
             for (uint256 i = 0; i < k; ++i) {
+                // slither-disable-next-line divide-before-multiply -- index arithmetic: b's first row for this lead index
                 r[i + 1] = Read(1, false, lead * k + i);
             }
         } else if (op == CONV2D) {
@@ -110,6 +112,7 @@ contract OneStepLinear is IOneStep {
         returns (int256)
     {
         uint256[] memory out = _outputShape(step, shapes);
+        // slither-disable-next-line unused-return -- Shapes.check is called for its revert past the output
         Shapes.check(element, out);
         bytes32 op = step.op;
         if (op == MATMUL) return _matmul(shapes, rows);
@@ -284,7 +287,7 @@ contract OneStepLinear is IOneStep {
         uint256 n = element % nn;
         if (rows.length != k + 1 || rows[0].length != k) revert BadRows();
         int256[] calldata a = rows[0];
-        int256 acc;
+        int256 acc = 0;
         unchecked {
             // Unchecked: see `_dot`; i + 1 <= k < 2**32.
             for (uint256 i = 0; i < k; ++i) {
@@ -321,6 +324,7 @@ contract OneStepLinear is IOneStep {
         uint256[] calldata w = shapes[1];
         f.o = element % out[2];
         uint256 pixel = element / out[2];
+        // slither-disable-next-line divide-before-multiply -- index arithmetic: output row, then its first input row
         f.h0 = (pixel / out[1]) * sh;
         f.w0 = (pixel % out[1]) * sw;
         f.top = top;
@@ -366,7 +370,7 @@ contract OneStepLinear is IOneStep {
         uint256 kw = w[1];
         if (rows.length != 1 + (f.p1 - f.p0) * (f.q1 - f.q0) || rows[0].length != w[0] * kw * c) revert BadRows();
         int256[] calldata column = rows[0];
-        int256 acc;
+        int256 acc = 0;
         uint256 at = 1;
         unchecked {
             // Unchecked: see `_dot`; (p * kw + q + 1) * c <= KH * KW * C, the column's checked length.
