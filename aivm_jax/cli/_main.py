@@ -221,14 +221,29 @@ def embed(
 @main.command()
 @program_argument
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for a batch.")
-@click.option("--max-new-tokens", required=True, type=click.IntRange(min=1), help="Characters to generate.")
+@click.option(
+    "--max-new-tokens",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Tokens to generate at most (char-gpt: characters).",
+)
 @click.option("--no-cache", is_flag=True, help="Recompute the whole prefix each step (same tokens, slower).")
+@click.option(
+    "--no-stop", is_flag=True, help="Keep going past the end token (<|endoftext|>) to --max-new-tokens."
+)
 @devices_option
 @json_option
 def generate(
-    file: Path, prompts: tuple[str, ...], max_new_tokens: int, no_cache: bool, devices: str, as_json: bool
+    file: Path,
+    prompts: tuple[str, ...],
+    max_new_tokens: int,
+    no_cache: bool,
+    no_stop: bool,
+    devices: str,
+    as_json: bool,
 ) -> None:
-    """Greedy generation with a character LM program (e.g. char-gpt)."""
+    """Greedy generation with a decoder program: char-gpt, or a GPT-2 folder brought in with
+    `aivm import` (tokenized by its own tokenizer, which the program carries)."""
 
     def progress(step: int, total: int) -> None:
         if step == total or step % 16 == 0:
@@ -239,6 +254,7 @@ def generate(
         prompts,
         max_new_tokens,
         cache=not no_cache,
+        stop_at_eos=not no_stop,
         devices=None if devices == "default" else "all",
         progress=progress,
     )

@@ -76,6 +76,7 @@ class _LM:
         self.vocab = meta["vocab"] if kind == "char-lm" else None
         self.tokenizer = _tokenizer(meta["tokenizer"]) if kind == "causal-lm" else None
         self.context = int(meta["context"])
+        self.eos = meta.get("eos_token_id")
         self.layers = int(meta["layers"])
         specs = {s.name: s for s in program.inputs}
         self.heads, _, self.head_dim = specs["past_k.0"].shape
@@ -149,10 +150,11 @@ def generate(
     max_new_tokens: int,
     *,
     cache: bool = True,
+    stop_at_eos: bool = True,
     devices: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
-    """Greedy decoding of ``max_new_tokens`` tokens after each prompt.
+    """Greedy decoding of up to ``max_new_tokens`` tokens after each prompt.
 
     Args:
       model: a decoder program (char-gpt, or an imported GPT-2) or its ``.aivm`` path.
@@ -161,6 +163,9 @@ def generate(
       max_new_tokens: >= 1; prompt plus new tokens must fit the program's context
         (``metadata["context"]``: 128 for char-gpt).
       cache: use the KV cache (default) or recompute the prefix every step.
+      stop_at_eos: a program with an end token (``metadata["eos_token_id"]``, an imported
+        GPT-2's ``<|endoftext|>``) ends a row at it, the end token included in its tokens;
+        decoding stops once every row has ended. False: always ``max_new_tokens`` tokens.
       devices: passed to `infer` (``"all"`` shards the prompts over local devices).
       progress: called with ``(step, max_new_tokens)``.
 
@@ -182,7 +187,10 @@ def generate(
             f"prompt ({longest} tokens) plus {max_new_tokens} new tokens exceeds the context of {lm.context}"
         )
     step = _step_with_cache if cache else _step_without_cache
-    generated = step(lm, rows, max_new_tokens, devices, progress)
+    eos = lm.eos if stop_at_eos else None
+    generated = step(lm, rows, max_new_tokens, devices, progress, eos)
+    if eos is not None:
+        generated = [g[: g.index(eos) + 1] if eos in g else g for g in generated]
     texts = tuple(lm.decode(g) for g in generated)
     return GenerationResult(
         model_id=program.model_id,
@@ -197,7 +205,11 @@ def _bucket(n: int, limit: int) -> int:
     return min(-(-n // _BUCKET) * _BUCKET, limit)
 
 
-def _step_without_cache(lm: _LM, rows, count, devices, progress):
+def _all_ended(generated: Sequence[Sequence[int]], eos: int | None) -> bool:
+    return eos is not None and all(eos in g for g in generated)
+
+
+def _step_without_cache(lm: _LM, rows, count, devices, progress, eos):
     sequences = [list(r) for r in rows]
     batch = len(rows)
     empty_k, empty_v, empty_mask = lm.empty_cache(batch, 1)
@@ -213,10 +225,12 @@ def _step_without_cache(lm: _LM, rows, count, devices, progress):
             seq.append(int(nxt[r, lengths[r] - 1]))
         if progress is not None:
             progress(step + 1, count)
+        if _all_ended([s[len(r) :] for s, r in zip(sequences, rows)], eos):
+            break
     return [s[len(r) :] for s, r in zip(sequences, rows)]
 
 
-def _step_with_cache(lm: _LM, rows, count, devices, progress):
+def _step_with_cache(lm: _LM, rows, count, devices, progress, eos):
     batch = len(rows)
     lengths = np.array([len(r) for r in rows])
     tokens, mask = _right_padded(rows, _bucket(int(lengths.max()), lm.context))
@@ -237,6 +251,8 @@ def _step_with_cache(lm: _LM, rows, count, devices, progress):
     new_mask = np.ones((batch, 1), np.int8)
     rows_index = np.arange(batch)
     for step in range(1, count):
+        if _all_ended(generated, eos):
+            break
         current = np.array([g[-1] for g in generated], np.int32)[:, None]
         slot = lengths + step - 1  # position of the token being fed
         feeds = lm.feeds(current, slot[:, None].astype(np.int32), new_mask, past_k, past_v, past_mask)

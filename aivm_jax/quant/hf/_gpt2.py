@@ -238,6 +238,17 @@ def _read_tokenizer(folder: Path, cfg: Gpt2Config) -> str:
     return text
 
 
+def _eos(config: Mapping[str, Any], cfg: Gpt2Config) -> dict[str, int]:
+    """``{"eos_token_id": id}`` where ``config.json`` names one inside the vocabulary (GPT-2's
+    ``<|endoftext|>``): `generate` ends a row there. A list (several end tokens) keeps the first."""
+    eos = config.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < cfg.vocab:
+        return {"eos_token_id": eos}
+    return {}
+
+
 def _tokenizer(text: str, where: Any):
     from tokenizers import Tokenizer
 
@@ -641,6 +652,7 @@ def import_gpt2(
             "tokenizer": tokenizer_text,
             "tokenizer_sha256": hashlib.sha256(tokenizer_text.encode("utf-8")).hexdigest(),
             "calibration": dataset,
+            **_eos(config, cfg),
         },
     )
     progress(f"context {program.metadata['context']}; measuring fidelity against the float model")

@@ -204,6 +204,32 @@ def test_generate_same_tokens_cached_or_recomputed_alone_or_batched(gpt2, import
     ]
 
 
+def test_generation_ends_at_the_end_token(imported):
+    program, _ = imported
+    assert program.metadata["eos_token_id"] == 0  # the config's <|endoftext|>
+    free = aivm_jax.generate(program, PROMPTS[:2], 12)
+    end = free.tokens[0][4]  # a token row 0 makes at step 4, named the end token
+    ended = program.with_metadata(eos_token_id=end)
+    for cache in (True, False):
+        got = aivm_jax.generate(ended, PROMPTS[:2], 12, cache=cache)
+        for tokens, full in zip(got.tokens, free.tokens):
+            cut = full.index(end) + 1 if end in full else len(full)
+            assert tokens == full[:cut]
+        assert got.token_hashes[0] == aivm_jax.generate(ended, PROMPTS[:1], 12).token_hashes[0]
+    assert len(got.tokens[0]) <= 5
+    assert aivm_jax.generate(ended, PROMPTS[:2], 12, stop_at_eos=False).tokens == free.tokens
+
+
+@pytest.mark.parametrize(("eos", "kept"), [(5, 5), ([7, 9], 7), (50256, None), (True, None), (None, None)])
+def test_the_end_token_comes_from_the_config_inside_the_vocabulary(eos, kept):
+    from aivm_jax.quant.hf._gpt2 import _eos
+
+    cfg = Gpt2Config.from_hf(
+        {"n_embd": 8, "n_head": 2, "n_layer": 1, "n_positions": 8, "vocab_size": 64}, Path("x")
+    )
+    assert _eos({"eos_token_id": eos}, cfg) == ({} if kept is None else {"eos_token_id": kept})
+
+
 def test_first_generated_token_is_the_float_models_greedy_choice(gpt2, imported):
     _, model, tokenizer = gpt2
     program, _ = imported
