@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -125,13 +126,26 @@ def _import_folder(
     lines = [f"wrote {output}", f"model id   {model_id}"]
     lines.append(f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}")
     lines.append(f"params     {data['params']}")
+    lines.extend(folder_fidelity_lines(meta))
+    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+def folder_fidelity_lines(meta: dict[str, Any]) -> list[str]:
+    """The folder importers' fidelity reports as `aivm import` and `aivm info` print them."""
+    lines = []
     if "embedding_fidelity" in meta:
         f = meta["embedding_fidelity"]
         lines.append(
             f"fidelity   cosine to the float model on {f['dataset']}: mean "
             f"{f['mean_cosine_ppm'] / 1e6:.4f}, min {f['min_cosine_ppm'] / 1e6:.4f}"
         )
-    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+    if "lm_fidelity" in meta:
+        f = meta["lm_fidelity"]
+        lines.append(
+            f"fidelity   held-out next-token agreement {f['agreement_ppm'] / 1e4:.2f}%, "
+            f"perplexity integer/float {f['perplexity_ratio_ppm'] / 1e6:.4f}"
+        )
+    return lines
 
 
 _FOLDER_FIDELITY = ("embedding_fidelity", "lm_fidelity")

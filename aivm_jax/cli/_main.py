@@ -6,6 +6,7 @@ and exit status 1, in `_AivmGroup.invoke`; anything else is a bug.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def info(file: Path, as_json: bool) -> None:
         "ops": program.op_counts(),
         "params": program.param_count(),
         "fidelity": describe_fidelity(dict(program.metadata.get("fidelity", {}))),
-        "metadata": {k: v for k, v in program.metadata.items() if k != "fidelity"},
+        "metadata": {k: _metadata_json(k, v) for k, v in program.metadata.items() if k != "fidelity"},
     }
     fid = data["fidelity"]
     lines = [
@@ -117,19 +118,19 @@ def info(file: Path, as_json: bool) -> None:
         from aivm_jax.cli._import import _fidelity_lines
 
         lines.extend(_fidelity_lines(meta["onnx_fidelity"]))
-    if "embedding_fidelity" in meta:
-        f = meta["embedding_fidelity"]
-        lines.append(
-            f"fidelity   cosine to the float model on {f['dataset']}: mean "
-            f"{f['mean_cosine_ppm'] / 1e6:.4f}, min {f['min_cosine_ppm'] / 1e6:.4f}"
-        )
-    if "lm_fidelity" in meta:
-        f = meta["lm_fidelity"]
-        lines.append(
-            f"fidelity   held-out next-token agreement {f['agreement_ppm'] / 1e4:.2f}%, "
-            f"perplexity integer/float {f['perplexity_ratio_ppm'] / 1e6:.4f}"
-        )
+    from aivm_jax.cli._import import folder_fidelity_lines
+
+    lines.extend(folder_fidelity_lines(meta))
     _emit(data, as_json, "\n".join(lines))
+
+
+def _metadata_json(key: str, value: Any) -> Any:
+    """A metadata entry as `aivm info` shows it: a carried ``tokenizer.json`` (megabytes of text)
+    as its size and hash, the rest as stored."""
+    if key == "tokenizer" and isinstance(value, str):
+        data = value.encode("utf-8")
+        return {"carried": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return value
 
 
 def _describe(spec_json: dict[str, Any]) -> str:

@@ -120,4 +120,5 @@ def build_minilm(progress: Callable[[str], None] = lambda _: None) -> Program:
         calibration_texts=CALIBRATION_SENTENCES,
         max_tokens=MINILM_MAX_TOKENS,
         source=f"{MINILM_PACKAGE} {importlib.metadata.version(MINILM_PACKAGE)}",
+        carry_tokenizer=False,  # the installed package's file, checked by hash: the id stays
     )

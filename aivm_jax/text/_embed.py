@@ -1,4 +1,5 @@
-"""Sentence embeddings from an integer sentence-encoder program (``minilm-l6``).
+"""Sentence embeddings from an integer sentence-encoder program (``minilm-l6``, or a BERT
+folder brought in with `aivm import`, whose ``tokenizer.json`` travels in the program).
 
 Host side, off the consensus path: tokenize, pad each batch to a length
 bucket, `infer`, then divide each integer pooled vector by its norm. The
@@ -60,6 +61,17 @@ def _tokenizer_file(path: str, mtime_ns: int, size: int) -> tuple[str, Any]:
     return hashlib.sha256(config).hexdigest(), load_minilm_tokenizer(config)
 
 
+@functools.lru_cache(maxsize=4)
+def _carried_tokenizer(text: str, max_tokens: int) -> Any:
+    """The tokenizer a program carries (``metadata["tokenizer"]``), truncating at ``max_tokens``."""
+    from aivm_jax.quant.hf._bert import load_tokenizer
+
+    try:
+        return load_tokenizer(text.encode("utf-8"), max_tokens)
+    except Exception as error:  # tokenizers raises its own Exception subclass
+        raise WrongProgramError(f"the program's tokenizer does not load: {error}") from None
+
+
 def _checked_encoder(program: Program):
     from aivm_jax.models._minilm import minilm_source
 
@@ -67,8 +79,11 @@ def _checked_encoder(program: Program):
     if program.metadata.get("kind") != "sentence-embedding" or names != ["attention_mask", "input_ids"]:
         raise WrongProgramError(
             f"{program.name} ({program.model_id[:10]}...) is not a sentence encoder: "
-            "build one with `aivm zoo build minilm-l6 -o FILE`"
+            "build one with `aivm zoo build minilm-l6 -o FILE` or `aivm import BERT_DIR -o FILE`"
         )
+    carried = program.metadata.get("tokenizer")
+    if isinstance(carried, str):  # covered by the model id, as every metadata entry is
+        return _carried_tokenizer(carried, program.inputs[0].shape[0])
     path = minilm_source() / "tokenizer.json"
     stat = path.stat()
     installed, tokenizer = _tokenizer_file(str(path), stat.st_mtime_ns, stat.st_size)
@@ -94,8 +109,8 @@ def embed(
 
     Args:
       model: the program or its ``.aivm`` path.
-      texts: one or more strings (longer than 256 tokens: truncated, as
-        sentence-transformers does).
+      texts: one or more strings (longer than the program's input length,
+        256 tokens for ``minilm-l6``: truncated, as sentence-transformers does).
       batch_size: texts per `infer` call; each batch is padded to a multiple
         of 16 tokens, which changes no output bit.
       mode: passed to `infer`.
@@ -104,7 +119,8 @@ def embed(
 
     Raises:
       WrongProgramError: the program is not a sentence encoder.
-      ModelSourceError: the tokenizer is missing or differs from the program's.
+      ModelSourceError: a program without its own tokenizer (``minilm-l6``), and the
+        installed one is missing or differs from the one it was built with.
       ValueError: no texts, or a text that is not a string.
     """
     from aivm_jax.models._minilm import tokenize_batch

@@ -504,6 +504,7 @@ def import_bert(
     fidelity_texts: Sequence[str] | None = None,
     max_tokens: int | None = None,
     source: Any = None,
+    carry_tokenizer: bool = True,
 ) -> Program:
     """Import a BERT encoder folder as an integer sentence-encoder program (`aivm_jax.embed` runs it).
 
@@ -514,8 +515,8 @@ def import_bert(
     integer layer norm, softmax and GELU tables), and its pooled output compared
     with the float model's (`bert_float_embed`) on ``fidelity_texts``.
 
-    Metadata: ``kind`` ("sentence-embedding"), ``source``, ``tokenizer_sha256``
-    (what `embed` checks), ``max_tokens``, ``pooling``, ``calibration_sentences``
+    Metadata: ``kind`` ("sentence-embedding"), ``source``, ``tokenizer`` (the folder's
+    ``tokenizer.json`` text, which `embed` tokenizes with) and ``tokenizer_sha256``, ``max_tokens``, ``pooling``, ``calibration_sentences``
     (a count) and ``embedding_fidelity`` (cosine to the float model, mean and
     minimum, in parts per million).
 
@@ -531,6 +532,9 @@ def import_bert(
         ``sentence_bert_config.json``, else ``max_position_embeddings``).
       source: provenance stored as ``metadata["source"]`` (default: the format,
         model type and the SHA-256 of config and weights).
+      carry_tokenizer: store the tokenizer in the program (default). The ``minilm-l6`` zoo
+        recipe does not, keeping its model id; `embed` then checks the installed package's
+        ``tokenizer.json`` against ``tokenizer_sha256``.
 
     Raises:
       HfImportError: what the folder holds cannot be imported; the message says why.
@@ -588,6 +592,7 @@ def import_bert(
     metadata = {
         "kind": "sentence-embedding",
         "source": source,
+        **({"tokenizer": tokenizer_bytes.decode("utf-8")} if carry_tokenizer else {}),
         "tokenizer_sha256": hashlib.sha256(tokenizer_bytes).hexdigest(),
         "max_tokens": limit,
         "pooling": pooling,

@@ -157,6 +157,42 @@ def test_embed_matches_transformers(imported, folder, visible):
     )
 
 
+def test_embed_tokenizes_with_the_tokenizer_the_program_carries(imported, folder, monkeypatch):
+    """An imported encoder embeds with its own tokenizer.json, not the installed MiniLM package's:
+    a cased variant swapped into the program changes the tokens and so the embedding."""
+    import hashlib
+
+    import aivm_jax.models._minilm as minilm
+
+    program, _, path = imported
+    text = (folder[0] / "tokenizer.json").read_text()
+    assert program.metadata["tokenizer"] == text
+    assert program.metadata["tokenizer_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    config = json.loads(text)
+    config["normalizer"]["lowercase"] = False  # an uncased vocabulary: capitals become [UNK]
+    cased = json.dumps(config)
+    variant = program.with_metadata(
+        tokenizer=cased, tokenizer_sha256=hashlib.sha256(cased.encode()).hexdigest()
+    )
+    monkeypatch.setattr(minilm, "minilm_source", lambda: folder[0] / "no-such-package")
+    sentences = ["Zebras Run Quickly Across Kenya", "zebras run quickly across kenya"]
+    got = aivm_jax.embed(variant, sentences)
+    ids, mask = tokenize_batch(load_tokenizer(cased.encode(), MAX_TOKENS), sentences)
+    direct = aivm_jax.infer(variant, {"input_ids": ids, "attention_mask": mask})
+    np.testing.assert_array_equal(got.pooled, direct.outputs)
+    assert got.row_hashes == direct.row_hashes
+    lower = aivm_jax.embed(program, sentences)
+    np.testing.assert_array_equal(lower.pooled[0], lower.pooled[1])  # uncased: the same text
+    assert not np.array_equal(got.pooled[0], got.pooled[1])  # cased: [UNK]s in the first
+    np.testing.assert_array_equal(got.pooled[1], lower.pooled[1])
+    shown = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
+    assert shown["metadata"]["tokenizer"] == {
+        "carried": True,
+        "bytes": len(text.encode()),
+        "sha256": program.metadata["tokenizer_sha256"],
+    }
+
+
 def test_jit_eager_and_reference_agree(imported, visible):
     program, _, _ = imported
     tokenizer = load_tokenizer((minilm_source() / "tokenizer.json").read_bytes(), MAX_TOKENS)
