@@ -11,9 +11,13 @@ pragma solidity ^0.8.24;
 /// deterministic). The market snapshots the verifier when a request is made, so changing it
 /// never affects open requests.
 ///
-/// What the registry cannot check: the program is not on chain, so the shape and row-hash
-/// header that the owner registers are checked off chain, by every node before it serves the
-/// model and by `aivm` before it requests (`Network.check_registration`).
+/// Each model also records its model commitment (`aivm_jax.disputes.model_commitment`): the
+/// Merkle root over every step descriptor and every weight slice of the program, against which
+/// a dispute game opens the step and the weights its one-step check reads.
+///
+/// What the registry cannot check: the program is not on chain, so the shape, row-hash header
+/// and model commitment that the owner registers are checked off chain, by every node before it
+/// serves the model and by `aivm` before it requests (`Network.check_registration`).
 contract ModelRegistry {
     struct Model {
         address owner;
@@ -29,6 +33,7 @@ contract ModelRegistry {
         address verifier; // zero until the owner sets one
         bytes32 vkaDigest; // keccak256 of the model's VKA in a reusable `verifier`; zero: its own verifier
         bytes32 verifierCodehash; // EXTCODEHASH of `verifier` when it was set
+        bytes32 commitment; // the model commitment: the root dispute games open steps and weights against
     }
 
     /// What the zk path needs to recompute input and output hashes from a proof's instances.
@@ -49,7 +54,13 @@ contract ModelRegistry {
     mapping(bytes32 => bytes32[]) private children;
 
     event ModelRegistered(
-        bytes32 indexed modelId, address indexed owner, bytes32 indexed parent, string uri, uint32 opset, string metadata
+        bytes32 indexed modelId,
+        address indexed owner,
+        bytes32 indexed parent,
+        string uri,
+        uint32 opset,
+        string metadata,
+        bytes32 commitment
     );
     event VerifierSet(bytes32 indexed modelId, address verifier, bytes32 vkaDigest, bytes32 codehash);
 
@@ -58,6 +69,7 @@ contract ModelRegistry {
     error UnknownModel(bytes32 modelId);
     error NotOwner(bytes32 modelId, address caller);
     error BadShape(bytes32 modelId);
+    error ZeroCommitment(bytes32 modelId);
     error NotAContract(address verifier);
 
     function register(
@@ -66,9 +78,10 @@ contract ModelRegistry {
         uint64 size,
         uint32 opset,
         string calldata metadata,
-        Shape calldata shape
+        Shape calldata shape,
+        bytes32 commitment
     ) external {
-        _register(modelId, bytes32(0), uri, size, opset, metadata, shape);
+        _register(modelId, bytes32(0), uri, size, opset, metadata, shape, commitment);
     }
 
     function registerVersion(
@@ -78,12 +91,13 @@ contract ModelRegistry {
         uint64 size,
         uint32 opset,
         string calldata metadata,
-        Shape calldata shape
+        Shape calldata shape,
+        bytes32 commitment
     ) external {
         Model storage p = models[parent];
         if (p.owner == address(0)) revert UnknownModel(parent);
         if (p.owner != msg.sender) revert NotOwner(parent, msg.sender);
-        _register(modelId, parent, uri, size, opset, metadata, shape);
+        _register(modelId, parent, uri, size, opset, metadata, shape, commitment);
         children[parent].push(modelId);
     }
 
@@ -108,11 +122,13 @@ contract ModelRegistry {
         uint64 size,
         uint32 opset,
         string calldata metadata,
-        Shape calldata shape
+        Shape calldata shape,
+        bytes32 commitment
     ) private {
         if (modelId == bytes32(0)) revert ZeroModelId();
         if (models[modelId].owner != address(0)) revert AlreadyRegistered(modelId);
         if (size == 0 || shape.inputSize == 0 || shape.outputSize == 0) revert BadShape(modelId);
+        if (commitment == bytes32(0)) revert ZeroCommitment(modelId);
         models[modelId] = Model({
             owner: msg.sender,
             parent: parent,
@@ -126,9 +142,10 @@ contract ModelRegistry {
             outputHeader: shape.outputHeader,
             verifier: address(0),
             vkaDigest: bytes32(0),
-            verifierCodehash: bytes32(0)
+            verifierCodehash: bytes32(0),
+            commitment: commitment
         });
-        emit ModelRegistered(modelId, msg.sender, parent, uri, opset, metadata);
+        emit ModelRegistered(modelId, msg.sender, parent, uri, opset, metadata, commitment);
     }
 
     function isRegistered(bytes32 modelId) external view returns (bool) {
@@ -152,6 +169,13 @@ contract ModelRegistry {
         Model storage m = models[modelId];
         if (m.owner == address(0)) revert UnknownModel(modelId);
         return Shape(m.inputSize, m.outputSize, m.outputHeader);
+    }
+
+    /// The model commitment the owner registered (reverts for an unknown model).
+    function commitmentOf(bytes32 modelId) external view returns (bytes32) {
+        Model storage m = models[modelId];
+        if (m.owner == address(0)) revert UnknownModel(modelId);
+        return m.commitment;
     }
 
     function versionsOf(bytes32 modelId) external view returns (bytes32[] memory) {

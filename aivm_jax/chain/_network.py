@@ -125,13 +125,17 @@ def record_verifier(model_id: str, codehash: str, vka_digest: str | None, path: 
 
 def registration_of(program: Program) -> dict[str, Any]:
     """What the registry records of ``program`` besides its id: row sizes, the output row-hash
-    header (the zk path recomputes output hashes from them) and the program file's size."""
+    header (the zk path recomputes output hashes from them), the program file's size and the
+    model commitment (``0x`` + hex; dispute games open steps and weights against it)."""
+    from aivm_jax.disputes import model_commitment
+
     spec = program.outputs[0]
     return {
         "input_size": int(np.prod(program.inputs[0].shape)),
         "output_size": int(np.prod(spec.shape)),
         "output_header": row_header(spec.name, spec.dtype, spec.shape),
         "size": len(to_bytes(program)),
+        "commitment": model_commitment(program).hex,
     }
 
 
@@ -224,7 +228,8 @@ class Network:
     # -------------------------------------------------------------- registry
 
     def register(self, program: Program, uri: str, parent: str | None = None) -> str:
-        """Register ``program`` (its id, where to fetch it, its file size, opset, fidelity, I/O shape)."""
+        """Register ``program``: its id, where to fetch it, its file size, opset, fidelity, I/O
+        shape and model commitment."""
         metadata = json.dumps(
             {"name": program.name, "fidelity": program.metadata.get("fidelity", {})}, sort_keys=True
         )
@@ -232,18 +237,21 @@ class Network:
         shape = (record["input_size"], record["output_size"], record["output_header"])
         model_id = _bytes32(program.model_id)
         size = record["size"]
+        commitment = _bytes32(record["commitment"])
         if parent is None:
-            fn = self.registry.functions.register(model_id, uri, size, program.opset, metadata, shape)
+            fn = self.registry.functions.register(
+                model_id, uri, size, program.opset, metadata, shape, commitment
+            )
         else:
             fn = self.registry.functions.registerVersion(
-                _bytes32(parent), model_id, uri, size, program.opset, metadata, shape
+                _bytes32(parent), model_id, uri, size, program.opset, metadata, shape, commitment
             )
         self.chain.transact(fn)
         return program.model_id
 
     def check_registration(self, program: Program, model: dict[str, Any] | None = None) -> None:
         """Raise `RegistrationMismatchError` if the registry's record of ``program`` (row sizes,
-        output row-hash header, file size) is not what the program itself gives.
+        output row-hash header, file size, model commitment) is not what the program itself gives.
 
         The registry cannot read the program, so its owner could register a wrong shape
         or header (breaking the zk path's hashes); nodes check before serving, users before
@@ -322,9 +330,10 @@ class Network:
             "verifier",
             "vka_digest",
             "verifier_codehash",
+            "commitment",
         )
         out = dict(zip(keys, m))
-        for k in ("parent", "vka_digest", "verifier_codehash"):
+        for k in ("parent", "vka_digest", "verifier_codehash", "commitment"):
             out[k] = "0x" + out[k].hex()
         out["output_header"] = bytes(out["output_header"])
         return out

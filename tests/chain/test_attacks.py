@@ -341,9 +341,25 @@ def test_a_registry_record_that_differs_from_the_program_is_caught(network, mlp,
             1,
             "{}",
             (record["input_size"], record["output_size"], wrong_header),
+            bytes.fromhex(record["commitment"][2:]),
         )
     )
     with pytest.raises(RegistrationMismatchError, match="output_header"):
+        network.check_registration(mlp)
+
+
+def test_a_registered_model_commitment_that_differs_from_the_program_is_caught(network, mlp):
+    """A wrong commitment would let an owner's dispute games open weights the program lacks:
+    nodes and requesters refuse the model, and the registry refuses no commitment at all."""
+    record = aivm_jax.chain._network.registration_of(mlp)
+    args = [bytes.fromhex(mlp.model_id[2:]), "file:///x.aivm", record["size"], 1, "{}"]
+    shape = (record["input_size"], record["output_size"], record["output_header"])
+    with pytest.raises(TransactionRevertedError, match="ZeroCommitment"):
+        network.chain.transact(network.registry.functions.register(*args, shape, bytes(32)))
+    wrong = bytes.fromhex(record["commitment"][2:])[::-1]
+    network.chain.transact(network.registry.functions.register(*args, shape, wrong))
+    assert network.chain.call(network.registry.functions.commitmentOf(args[0])) == wrong
+    with pytest.raises(RegistrationMismatchError, match="commitment registered"):
         network.check_registration(mlp)
 
 
