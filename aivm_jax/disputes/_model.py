@@ -124,7 +124,9 @@ def step_descriptor(program: Program, step: int) -> bytes:
     return _descriptors(program)[step - first]
 
 
-def _descriptors(program: Program) -> list[bytes]:
+@functools.lru_cache(maxsize=8)
+def _descriptors(program: Program) -> tuple[bytes, ...]:
+    """Every node's descriptor, in order (cached per program object: MiniLM's take about 1 s)."""
     steps = _step_of(program)
     params = {name: p for p, name in enumerate(sorted(program.params))}
     dtypes = {spec.name: spec.dtype for spec in program.inputs}
@@ -154,7 +156,7 @@ def _descriptors(program: Program) -> list[bytes]:
                 ],
             )
         )
-    return out
+    return tuple(out)
 
 
 def _output_dtype(program: Program, node, dtypes: Mapping[str, str]) -> str:
