@@ -71,8 +71,6 @@ def _spec_json(spec, scales: dict[str, Any] | None = None) -> dict[str, Any]:
     from aivm_jax.runtime._host import decode_scale
 
     out = spec.to_json()
-    if spec.dynamic:  # each axis as text, "<=N" for a dynamic one
-        out["dims"] = spec.dims()
     if scales and spec.name in scales:
         out["scale"] = decode_scale(scales[spec.name])
         out["scale_exact"] = dict(scales[spec.name])
@@ -135,9 +133,7 @@ def info(file: Path, as_json: bool) -> None:
 
 
 def _describe(spec_json: dict[str, Any]) -> str:
-    spec = aivm_jax.ValueSpec(
-        **{k: v for k, v in spec_json.items() if k not in ("scale", "scale_exact", "dims")}
-    )
+    spec = aivm_jax.ValueSpec(**{k: v for k, v in spec_json.items() if k not in ("scale", "scale_exact")})
     scale = f", scale {spec_json['scale']:.6g}" if "scale" in spec_json else ""
     return spec.describe() + scale
 

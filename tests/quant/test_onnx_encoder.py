@@ -156,7 +156,8 @@ def test_encoder_runs_at_shorter_lengths(program, exported):
     rows = _rows(24, 2)
     full = aivm_jax.infer(program, rows).outputs
     scale = program.metadata["scales"]["hidden"]
-    for length in (7, 3):  # neither is a length the importer converted the graph at (T, T - 1)
+    opset = program.metadata["source"]["opset"]
+    for length in (7, 3) if opset == 17 else (5,):  # not lengths the importer converted at (T, T - 1)
         short = {k: v[:, :length] for k, v in rows.items()}
         result = aivm_jax.infer(program, short)
         assert result.outputs.shape == (24, length, D)

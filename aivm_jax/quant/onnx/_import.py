@@ -32,7 +32,7 @@ from aivm_jax.quant.onnx._dynamic import (
     same_structure,
     truncate,
 )
-from aivm_jax.quant.onnx._errors import OnnxImportError
+from aivm_jax.quant.onnx._errors import OnnxImportError, UnsupportedOnnxError
 from aivm_jax.quant.onnx._fidelity import compare_outputs, run_float
 from aivm_jax.quant.onnx._graph import check_supported, read_graph
 from aivm_jax.quant.onnx._patterns import fold_batch_norms, match_patterns
@@ -155,7 +155,11 @@ def import_onnx(
       model: a path to a ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
       calibration: float rows ``(n, *input_shape)`` (one input), a dict of them
         by input name, or the path of a ``.npy``/``.npz`` file holding them.
-      dims: sizes of symbolic dims other than the batch axis, by name.
+      dims: sizes of symbolic dims other than the batch axis, by name. A bound
+        axis becomes a dynamic program axis (lengths 1..N) when the program does
+        not depend on its length (decided by converting at two lengths, see
+        `aivm_jax.quant.onnx._dynamic`); otherwise it stays static at N, and
+        ``metadata["source"]["dims"]`` says why.
       name: the program's name (default: the file's stem, or ``"onnx-model"``).
       holdout: fraction of the calibration rows kept out of calibration for the
         fidelity report (the last ones; none when fewer than 10 rows).
@@ -224,7 +228,7 @@ def import_onnx(
             raise
         for plan in plans:
             if plan.dynamic:
-                plan.reason = f"the program does not hold at the shortest lengths: {error}"
+                plan.reason = f"the program does not hold at the shortest lengths: {_why(error)}"
         source["dims"] = {plan.name: plan.report() for plan in plans}
         nodes, inputs, outputs = static
         program = Program(
@@ -321,7 +325,7 @@ def _plan_dims(onnx_model, graph, dims, calib, convert) -> tuple[list[DimPlan], 
         try:
             shorter = {length: read_graph(onnx_model, {**dims, plan.name: length}) for length in lengths}
         except OnnxImportError as error:
-            plan.reason = f"the graph does not read at a shorter length: {error}"
+            plan.reason = f"the graph does not read at a shorter length: {_why(error)}"
             continue
         compare_graphs(plan, graph, shorter)
         shortest[plan.name] = shorter[plan.size - 1]
@@ -343,7 +347,7 @@ def _plan_dims(onnx_model, graph, dims, calib, convert) -> tuple[list[DimPlan], 
             base = convert(apply_rewrites(graph, rewrites), rows, rewrites, builder_type=ProbeBuilder)[0]
         except ProgramError as error:  # OnnxImportError included: the rewritten graph does not convert
             for plan in live:
-                plan.reason = f"the graph with its length-free constants does not convert: {error}"
+                plan.reason = f"the graph with its length-free constants does not convert: {_why(error)}"
             continue
         retry = False
         for plan in live:
@@ -353,7 +357,7 @@ def _plan_dims(onnx_model, graph, dims, calib, convert) -> tuple[list[DimPlan], 
                     short, truncate(rows, plan.axes, plan.size - 1), rewrites, builder_type=ProbeBuilder
                 )[0]
             except ProgramError as error:
-                found = f"the graph does not convert at length {plan.size - 1}: {error}"
+                found = f"the graph does not convert at length {plan.size - 1}: {_why(error)}"
             result = compare_programs(base, found) if isinstance(found, Converted) else found
             if isinstance(result, str):
                 plan.reason = result
@@ -362,6 +366,13 @@ def _plan_dims(onnx_model, graph, dims, calib, convert) -> tuple[list[DimPlan], 
                 plan.entries, plan.outputs = result, output_axes(base, found)
         if not retry:
             return plans, rewrites, base
+
+
+def _why(error: ProgramError) -> str:
+    """An import error as one line: the unsupported nodes and why, or the message's first line."""
+    if isinstance(error, UnsupportedOnnxError):
+        return "; ".join(f"{op} {name!r}: {reason}" for op, name, reason in error.problems)
+    return str(error).splitlines()[0]
 
 
 def _dynamic_program(main: Converted, specs, plans: list[DimPlan], probe, input_names):
