@@ -28,8 +28,11 @@ step 1, and the converters turn a length into shapes and attributes only.
 The `Program` finally checks the graph at the longest and at the shortest
 lengths; a failure there keeps the axes static too.
 
-A static axis is not an error: the program is then exactly what a static
-import gives, and the reason is reported (``source.dims`` in the metadata).
+A static axis is not an error: the program is then what a static import gives,
+and the reason is reported (``source.dims`` in the metadata). (When only the
+calibrated program fails -- its structure differs from the probe's, or the
+`Program` check at length 1 fails -- the rewritten constants stay in it: the
+program is exact at ``N`` all the same, with the position table as int8 rows.)
 """
 
 from __future__ import annotations
@@ -113,11 +116,6 @@ class DimPlan:
         if self.reason is not None:
             out["static_because"] = self.reason
         return out
-
-    def note(self) -> str:
-        if self.dynamic:
-            return f"axis {self.name} is dynamic: any length up to {self.size}"
-        return f"axis {self.name} stays static at {self.size}: {self.reason}"
 
 
 def bound_axes(model, name: str) -> dict[str, int]:
