@@ -68,11 +68,25 @@ def import_command(
         "params": program.param_count(),
         "scales": program.metadata["scales"],
         "fidelity": fidelity,
+        "inputs": {s.name: s.dims() for s in program.inputs},
+        "dims": program.metadata["source"].get("dims", {}),
     }
     lines = [f"wrote {output}", f"model id   {model_id}"]
+    lines.append(f"inputs     {', '.join(f'{s.name} {s.describe()}' for s in program.inputs)}")
+    lines.extend(_dim_lines(data["dims"]))
     lines.append(f"ops        {', '.join(f'{k} x{v}' for k, v in data['ops'].items())}")
     lines.extend(_fidelity_lines(fidelity))
     click.echo(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+def _dim_lines(dims: dict) -> list[str]:
+    """One line per ``--dim``: a dynamic axis, or a static one and why."""
+    return [
+        f"dim        {name}: dynamic, any length up to {d['size']}"
+        if d["dynamic"]
+        else f"dim        {name}: axis {name} stays static at {d['size']}: {d['static_because']}"
+        for name, d in dims.items()
+    ]
 
 
 def _fidelity_lines(fidelity: dict) -> list[str]:

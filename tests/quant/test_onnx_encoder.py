@@ -106,8 +106,13 @@ def _export(model, opset):
 
 
 @pytest.fixture(scope="module", params=[13, 17])
-def program(request, encoder):
-    return import_onnx(_export(encoder, request.param), _rows(80, 1), dims={"seq": T}, name="bert-like")
+def exported(request, encoder):
+    return _export(encoder, request.param)
+
+
+@pytest.fixture(scope="module")
+def program(exported):
+    return import_onnx(exported, _rows(80, 1), dims={"seq": T}, name="bert-like")
 
 
 def test_encoder_imports_within_the_bar(program, encoder):
@@ -121,11 +126,14 @@ def test_encoder_imports_within_the_bar(program, encoder):
     assert sum(p.startswith("KeyMask(") for p in patterns) == 1
     ops = program.op_counts()
     assert ops["layer_norm"] == 2 * LAYERS + 1 and ops["softmax"] == LAYERS
-    assert ops["batch_matmul"] == 2 * LAYERS and ops["gather"] == 1
-    assert [(s.name, s.dtype, s.bounds) for s in program.inputs] == [
-        ("input_ids", "int32", (0, VOCAB - 1)),
-        ("attention_mask", "int8", (0, 1)),
+    # word and position tables: the position rows are gathered at iota(input_ids), as MiniLM's
+    assert ops["batch_matmul"] == 2 * LAYERS and ops["gather"] == 2 and ops["iota"] == 1
+    assert [(s.name, s.dtype, s.bounds, s.dims()) for s in program.inputs] == [
+        ("input_ids", "int32", (0, VOCAB - 1), [f"<={T}"]),
+        ("attention_mask", "int8", (0, 1), [f"<={T}"]),
     ]
+    assert [s.dims() for s in program.outputs] == [[f"<={T}", str(D)]]
+    assert program.metadata["source"]["dims"] == {"seq": {"size": T, "dynamic": True}}
     # the program against PyTorch itself, on rows it has not seen, at the real tokens
     rows = _rows(24, 2)
     with torch.no_grad():
@@ -136,6 +144,34 @@ def test_encoder_imports_within_the_bar(program, encoder):
     keep = rows["attention_mask"] == 1
     cosine = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
     assert cosine[keep].mean() >= 0.999 and cosine[keep].min() >= 0.99
+
+
+def test_encoder_runs_at_shorter_lengths(program, exported):
+    """The sequence axis is dynamic: at length L the program follows the float model run at L, and
+    a row that fits in L gives, at its real tokens, exactly the bits it gives padded to T."""
+    import onnx
+
+    from aivm_jax.quant.onnx._fidelity import run_float
+
+    rows = _rows(24, 2)
+    full = aivm_jax.infer(program, rows).outputs
+    scale = program.metadata["scales"]["hidden"]
+    opset = program.metadata["source"]["opset"]
+    for length in (7, 3) if opset == 17 else (5,):  # not lengths the importer converted at (T, T - 1)
+        short = {k: v[:, :length] for k, v in rows.items()}
+        result = aivm_jax.infer(program, short)
+        assert result.outputs.shape == (24, length, D)
+        want = next(iter(run_float(onnx.load_from_string(exported), short)[0].values()))
+        got = result.outputs.astype(np.float64) * scale["mantissa"] * 2.0 ** scale["exponent"]
+        keep = short["attention_mask"] == 1
+        cosine = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+        assert cosine[keep].mean() * 1e6 >= COSINE_MEAN_BAR and cosine[keep].min() * 1e6 >= COSINE_MIN_BAR
+        fits = rows["attention_mask"][:, length:].sum(axis=1) == 0  # padding masked where the model masks
+        assert fits.sum() >= 2
+        kept = keep & fits[:, None]
+        np.testing.assert_array_equal(result.outputs[kept], full[:, :length][kept])
+    with pytest.raises(aivm_jax.AivmError, match="<=12"):
+        aivm_jax.infer(program, {k: np.concatenate([v, v[:, :1]], axis=1) for k, v in rows.items()})
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,10 +11,28 @@ from typing import Any
 
 import numpy as np
 
+from aivm_jax._errors import ProgramError
 from aivm_jax.program import Program, ValueSpec
 from aivm_jax.quant._graph import GraphBuilder
 from aivm_jax.quant.onnx._context import Context, Val, sanitize
-from aivm_jax.quant.onnx._errors import OnnxImportError
+from aivm_jax.quant.onnx._dynamic import (
+    Converted,
+    DimPlan,
+    ProbeBuilder,
+    Rewrite,
+    apply_rewrites,
+    bound_axes,
+    compare_graphs,
+    compare_programs,
+    emit_positions,
+    generalize,
+    merge_entries,
+    output_axes,
+    probe_lengths,
+    same_structure,
+    truncate,
+)
+from aivm_jax.quant.onnx._errors import OnnxImportError, UnsupportedOnnxError
 from aivm_jax.quant.onnx._fidelity import compare_outputs, run_float
 from aivm_jax.quant.onnx._graph import check_supported, read_graph
 from aivm_jax.quant.onnx._patterns import fold_batch_norms, match_patterns
@@ -135,7 +155,11 @@ def import_onnx(
       model: a path to a ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
       calibration: float rows ``(n, *input_shape)`` (one input), a dict of them
         by input name, or the path of a ``.npy``/``.npz`` file holding them.
-      dims: sizes of symbolic dims other than the batch axis, by name.
+      dims: sizes of symbolic dims other than the batch axis, by name. A bound
+        axis becomes a dynamic program axis (lengths 1..N) when the program does
+        not depend on its length (decided by converting at two lengths, see
+        `aivm_jax.quant.onnx._dynamic`); otherwise it stays static at N, and
+        ``metadata["source"]["dims"]`` says why.
       name: the program's name (default: the file's stem, or ``"onnx-model"``).
       holdout: fraction of the calibration rows kept out of calibration for the
         fidelity report (the last ones; none when fewer than 10 rows).
@@ -146,11 +170,11 @@ def import_onnx(
       OnnxImportError: unreadable model, wrong opset, unbound dims, bad calibration data.
     """
     onnx_model = _load_model(model)
+    dims = dict(dims or {})
     graph = read_graph(onnx_model, dims)
     int_inputs = _integer_inputs(onnx_model, graph)
     matches = match_patterns(graph, onnx_model, set(int_inputs))
-    consumed = {n for m in matches for n in m.nodes}
-    check_supported(graph, consumed)
+    check_supported(graph, {n for m in matches for n in m.nodes})
     kinds = _input_kinds(graph, int_inputs, matches)
     arrays = _calibration_arrays(graph, calibration)
     _check_integer_rows(arrays, kinds)
@@ -165,6 +189,83 @@ def import_onnx(
     output_names = {onnx_name: sanitize(onnx_name) for onnx_name in graph.outputs}
     if len(set(input_names.values()) | set(output_names.values())) != len(input_names) + len(output_names):
         raise OnnxImportError(f"input and output names {list(input_names) + list(output_names)} collide")
+
+    convert = functools.partial(_convert, onnx_model, int_inputs, kinds, name, input_names, output_names)
+    plans, rewrites, probe = _plan_dims(onnx_model, graph, dims, calib, convert)
+    if rewrites:
+        graph = apply_rewrites(graph, rewrites)
+        matches = None  # the rewritten graph is matched again
+    main, builder, ctx, scales = convert(graph, calib, rewrites, matches=matches)
+    static = (list(main.nodes), builder.inputs, main.outputs)
+    nodes, inputs, outputs = _dynamic_program(main, builder.inputs, plans, probe, input_names)
+    source = {
+        "format": "onnx",
+        "opset": graph.opset,
+        "producer": graph.producer,
+        "sha256": graph.sha256,
+        "folded_nodes": graph.folded,
+        "patterns": ctx.patterns,
+    }
+    if plans:
+        source["dims"] = {plan.name: plan.report() for plan in plans}
+    meta = {
+        **(metadata or {}),
+        "source": source,
+        "calibration_rows": rows - held,
+        SCALES_KEY: {k: scales[k] for k in sorted(scales)},
+    }
+    try:  # a dynamic program is also checked at the shortest lengths
+        program = Program(
+            name=name,
+            inputs=inputs,
+            outputs=outputs,
+            nodes=tuple(nodes),
+            params=builder.params,
+            metadata=meta,
+        )
+    except ProgramError as error:
+        if (nodes, inputs, outputs) == static:
+            raise
+        for plan in plans:
+            if plan.dynamic:
+                plan.reason = f"the program does not hold at the shortest lengths: {_why(error)}"
+        source["dims"] = {plan.name: plan.report() for plan in plans}
+        nodes, inputs, outputs = static
+        program = Program(
+            name=name,
+            inputs=inputs,
+            outputs=outputs,
+            nodes=tuple(nodes),
+            params=builder.params,
+            metadata=meta,
+        )
+    test = {k: v.astype(np.int64) if k in kinds else v for k, v in test.items()}
+    return program.with_metadata(onnx_fidelity=_fidelity(onnx_model, program, test, input_names, held > 0))
+
+
+_PROBE_ROWS = 4
+"""Calibration rows a probe conversion (`_plan_dims`) runs on: it needs the structure only."""
+
+
+def _convert(
+    onnx_model,
+    int_inputs,
+    kinds,
+    name: str,
+    input_names: Mapping[str, str],
+    output_names: Mapping[str, str],
+    graph,
+    calib: Mapping[str, np.ndarray],
+    rewrites: Mapping[str, Rewrite],
+    *,
+    matches=None,
+    builder_type: type[GraphBuilder] = GraphBuilder,
+) -> tuple[Converted, GraphBuilder, Context, dict[str, dict[str, int]]]:
+    """Convert ``graph`` calibrated on ``calib``: what it gave, its builder and context, the I/O scales."""
+    if matches is None:
+        matches = match_patterns(graph, onnx_model, set(int_inputs))
+    consumed = {n for m in matches for n in m.nodes}
+    check_supported(graph, consumed)
     scales: dict[str, dict[str, int]] = {}
     feeds, input_scales = {}, {}
     for onnx_name, program_name in input_names.items():
@@ -181,10 +282,11 @@ def import_onnx(
         else ValueSpec(name=input_names[n], dtype="int8", shape=row)
         for n, row in graph.inputs.items()
     )
-    builder = GraphBuilder(name, specs, feeds, input_scales)
+    builder = builder_type(name, specs, feeds, input_scales)
     ctx = Context(graph, builder, reserved=set(input_names.values()) | set(output_names.values()))
     for onnx_name, program_name in input_names.items():
         ctx.bind(onnx_name, Val(program_name))
+    emit_positions(ctx, rewrites, input_names)
     fold_batch_norms(ctx)
     anchors = {m.anchor: m for m in matches}
     for node in graph.nodes:
@@ -201,25 +303,105 @@ def import_onnx(
         scales[out] = encode_scale(scale)
         value = builder.values[out]
         outputs.append(ValueSpec(name=out, dtype=str(value.dtype), shape=tuple(value.shape[1:])))
-    source = {
-        "format": "onnx",
-        "opset": graph.opset,
-        "producer": graph.producer,
-        "sha256": graph.sha256,
-        "folded_nodes": graph.folded,
-        "patterns": ctx.patterns,
-    }
-    program = builder.program(
-        tuple(outputs),
-        {
-            **(metadata or {}),
-            "source": source,
-            "calibration_rows": rows - held,
-            SCALES_KEY: {k: scales[k] for k in sorted(scales)},
-        },
-    )
-    test = {k: v.astype(np.int64) if k in kinds else v for k, v in test.items()}
-    return program.with_metadata(onnx_fidelity=_fidelity(onnx_model, program, test, input_names, held > 0))
+    values = {spec.name: spec.shape for spec in specs}
+    values.update({node.output: tuple(builder.values[node.output].shape[1:]) for node in builder.nodes})
+    converted = Converted(tuple(builder.nodes), dict(builder.params), tuple(outputs), values)
+    return converted, builder, ctx, scales
+
+
+def _plan_dims(onnx_model, graph, dims, calib, convert) -> tuple[list[DimPlan], dict[str, Rewrite], Any]:
+    """Which bound dims may become dynamic axes (see `aivm_jax.quant.onnx._dynamic`).
+
+    Returns the plans (a static one with its reason), the constant rewrites the
+    dynamic ones need, and the probe conversion at the longest lengths.
+    """
+    plans = [DimPlan(n, int(size), bound_axes(onnx_model, n)) for n, size in dims.items()]
+    shortest: dict[str, Any] = {}
+    for plan in plans:
+        if plan.size < 2:
+            plan.reason = "its length is 1"
+            continue
+        lengths = probe_lengths(plan.size)
+        try:
+            shorter = {length: read_graph(onnx_model, {**dims, plan.name: length}) for length in lengths}
+        except OnnxImportError as error:
+            plan.reason = f"the graph does not read at a shorter length: {_why(error)}"
+            continue
+        compare_graphs(plan, graph, shorter)
+        shortest[plan.name] = shorter[plan.size - 1]
+    owners: dict[str, list[DimPlan]] = {}
+    for plan in plans:
+        for const in plan.rewrites if plan.dynamic else ():
+            owners.setdefault(const, []).append(plan)
+    for const, shared in owners.items():
+        if len(shared) > 1:
+            for plan in shared:
+                plan.reason = f"constant {const!r} follows the lengths of {[p.name for p in shared]}"
+    rows = {k: v[:_PROBE_ROWS] for k, v in calib.items()}
+    while True:
+        live = [plan for plan in plans if plan.dynamic]
+        if not live:
+            return plans, {}, None
+        rewrites = {k: r for plan in live for k, r in plan.rewrites.items()}
+        try:
+            base = convert(apply_rewrites(graph, rewrites), rows, rewrites, builder_type=ProbeBuilder)[0]
+        except ProgramError as error:  # OnnxImportError included: the rewritten graph does not convert
+            for plan in live:
+                plan.reason = f"the graph with its length-free constants does not convert: {_why(error)}"
+            continue
+        retry = False
+        for plan in live:
+            short = apply_rewrites(shortest[plan.name], rewrites)
+            try:
+                found = convert(
+                    short, truncate(rows, plan.axes, plan.size - 1), rewrites, builder_type=ProbeBuilder
+                )[0]
+            except ProgramError as error:
+                found = f"the graph does not convert at length {plan.size - 1}: {_why(error)}"
+            result = compare_programs(base, found) if isinstance(found, Converted) else found
+            if isinstance(result, str):
+                plan.reason = result
+                retry = retry or bool(plan.rewrites)  # its rewrites must not stay in the program
+            else:
+                plan.entries, plan.outputs = result, output_axes(base, found)
+        if not retry:
+            return plans, rewrites, base
+
+
+def _why(error: ProgramError) -> str:
+    """An import error as one line: the unsupported nodes and why, or the message's first line."""
+    if isinstance(error, UnsupportedOnnxError):
+        return "; ".join(f"{op} {name!r}: {reason}" for op, name, reason in error.problems)
+    return str(error).splitlines()[0]
+
+
+def _dynamic_program(main: Converted, specs, plans: list[DimPlan], probe, input_names):
+    """The program's nodes and I/O specs: with dynamic axes where the plans allow them, else static
+    (the plans that were dynamic then say why)."""
+    live = [plan for plan in plans if plan.dynamic]
+    static = (list(main.nodes), tuple(specs), main.outputs)
+    if not live:
+        return static
+    if not same_structure(main, probe):
+        for plan in live:
+            plan.reason = (
+                "the calibrated program's structure differs from the probe's (a choice made from the data)"
+            )
+        return static
+    nodes, reason = generalize(main, merge_entries([p.entries for p in live]), {s.name for s in main.outputs})
+    if reason is not None:
+        for plan in live:
+            plan.reason = reason
+        return static
+    axes: dict[str, set[int]] = {}
+    for plan in live:
+        for onnx_name, axis in plan.axes.items():
+            axes.setdefault(input_names[onnx_name], set()).add(axis)
+        for out, found in plan.outputs.items():
+            axes.setdefault(out, set()).update(found)
+    inputs = tuple(dataclasses.replace(s, dynamic=tuple(sorted(axes.get(s.name, ())))) for s in specs)
+    outputs = tuple(dataclasses.replace(s, dynamic=tuple(sorted(axes.get(s.name, ())))) for s in main.outputs)
+    return nodes, inputs, outputs
 
 
 _INTEGER_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13})  # (U)INT8/16/32/64 and BOOL
