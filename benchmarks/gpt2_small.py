@@ -146,17 +146,12 @@ def _hf_engine(folder: Path):
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
 
     def run(prompts: list[str], count: int):
-        rows = [tokenizer.encode(p).ids for p in prompts]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):  # left padding, as decoder-only generation wants
-            ids[r, width - len(row) :] = torch.tensor(row)
-            mask[r, width - len(row) :] = 1
+        ids, mask = _left_padded(tokenizer, prompts)
+        width = ids.shape[1]
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
                 max_new_tokens=count,
                 min_new_tokens=count,
                 do_sample=False,
@@ -169,7 +164,7 @@ def _hf_engine(folder: Path):
 
 
 def _left_padded(tokenizer, prompts: list[str]):
-    """Token ids and mask of ``prompts``, left-padded with id 0 (as ``_hf_engine`` pads)."""
+    """Token ids and mask of ``prompts`` (int64), left-padded with id 0, as decoder-only generation wants."""
     import numpy as np
 
     rows = [tokenizer.encode(p).ids for p in prompts]
