@@ -1,6 +1,6 @@
 """Every figure against its peer in one run: ratios measured side by side, engines taking turns.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--rounds N] [--sections probe,callpath,gemm]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--rounds N] [--sections probe,callpath,gemm,onnx]
 
 Each figure is timed in rounds: a round gives every contender a block of calls (at
 least ``--block`` seconds) one after the other, after a short rest, so this shared
@@ -28,6 +28,10 @@ Sections:
   GEMM vs ``MatMulInteger`` u8 x s8; the AIVM's product is checked against the
   int64 one, and a peer that is not exact (onnxruntime without VNNI saturates)
   is marked "ort inexact".
+* ``onnx``: ``onnx_import.py``'s table: models exported by torch (an MLP with
+  BatchNorm1d, a residual CNN, a small BERT-like encoder) imported with
+  `aivm_jax.quant.import_onnx`, `infer` fed float rows vs onnxruntime float and
+  QDQ int8 on the same ONNX file, batch 1 and 64, with fidelity side by side.
 
 Needs the benchmark extra (``pip install -e '.[bench]'``) for the onnxruntime peers.
 """
@@ -54,7 +58,7 @@ from aivm_jax.ops._vnni import kernel_status  # noqa: E402
 from aivm_jax.runtime import infer  # noqa: E402
 from aivm_jax.runtime._infer import _compiled_for  # noqa: E402
 
-SECTIONS = ("probe", "callpath", "gemm")
+SECTIONS = ("probe", "callpath", "gemm", "onnx")
 QUICK_GEMM = ("square", "digits-mlp fc1", "digits-cnn conv2", "minilm qkvo")
 
 
@@ -211,6 +215,12 @@ def main() -> None:
     if "gemm" in sections:
         print("\nint8 GEMM: aivm vs onnxruntime MatMulInteger u8 x s8")
         gemm(rounds, block, args.quick)
+    if "onnx" in sections:
+        from onnx_import import bench as onnx_bench
+        from onnx_import import make_cases
+
+        print("\nimported ONNX models: aivm_jax.infer vs onnxruntime float and QDQ on the same file")
+        onnx_bench(make_cases(), rounds, block)
     print(f"\nprobe at end: onnxruntime MatMulInteger {size}^3 {probe(size, rounds):.1f} GOP/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak:.0f} MB")
