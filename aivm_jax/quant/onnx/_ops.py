@@ -544,9 +544,9 @@ def _global_mean(ctx: Context, node: OnnxNode, keepdims: bool) -> None:
 
     The window sum is an int32 at the input's scale divided by ``H * W``: nothing is rounded
     (an int8 ``avg_pool`` would round each mean to the input's step, which the later layers'
-    calibration, over a smaller range, would magnify). A per-channel input scale is kept."""
-    x = ctx.node_input(node)
-    x = ctx.nhwc(ctx.int8(x, per_channel=ctx.dtype(x) == "int8" or _per_channel_output(ctx, node)))
+    calibration, over a smaller range, would magnify). The input is int8 with one scale per
+    channel (the int32 sum keeps them; a reader requantizes it as it needs)."""
+    x = ctx.nhwc(ctx.int8(ctx.node_input(node), per_channel=True))
     builder = ctx.builder
     _, h, w, c = builder.values[x.name].shape
     scale = np.asarray(builder.scales[x.name], np.float64)
