@@ -15,6 +15,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import aivm_jax  # noqa: E402
 from aivm_jax.quant import UnsupportedOnnxError, import_onnx  # noqa: E402
 from aivm_jax.quant.onnx import OnnxImportError, converters  # noqa: E402
+from aivm_jax.quant.onnx._fidelity import run_float  # noqa: E402
+from aivm_jax.runtime._host import decode_scale  # noqa: E402
 
 RNG = np.random.default_rng(0)  # reseeded for each test by tests/quant/conftest.py
 
@@ -184,6 +186,16 @@ CASES = {
         [("axes", np.array([-1, -2], np.int64))],
         opset=18,
     ),
+    "relu6_after_maxpool_clips": lambda: _model(
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[1, 1]),
+            helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("Clip", ["p", "lo", "hi"], ["y"]),
+        ],
+        [3, 4, 4],
+        [4, 2, 2],
+        [("W", 8 * _w(4, 3, 1, 1)), ("lo", np.float32(0)), ("hi", np.float32(6))],
+    ),
     "flatten_after_conv": lambda: _model(
         [
             helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[1, 1]),
@@ -233,6 +245,31 @@ def test_batchnorm_after_conv_is_folded_and_named():
         {"pattern": "Conv+BatchNormalization", "nodes": ["Conv_0", "BatchNormalization_1"]}
     ]
     assert program.op_counts()["conv2d"] == 1 and "matmul" not in program.op_counts()
+
+
+def test_depthwise_conv_keeps_each_channels_resolution():
+    """Channels whose ranges differ 200-fold ahead of a depthwise convolution: each gets its own
+    int8 scale (one per tensor would leave the small ones about one level); the spatial mean and
+    the int32 output keep them apart too."""
+    gains = np.array([100.0, 1.0, 30.0, 0.5], np.float32).reshape(4, 1, 1, 1)
+    model = _model(
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Conv", ["r", "D"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=4),
+            helper.make_node("ReduceMean", ["d"], ["y"], axes=[2, 3], keepdims=0),
+        ],
+        [3, 5, 5],
+        [4],
+        [("W", _w(4, 3, 1, 1) * gains), ("D", _w(4, 1, 3, 3))],
+    )
+    program = import_onnx(model, _calib(3, 5, 5))
+    x = _calib(3, 5, 5, n=20)
+    want = run_float(model, {"x": x})[0]["y"]
+    got = aivm_jax.infer(program, x).outputs * decode_scale(program.metadata["scales"]["y"])
+    for c in range(4):  # every channel within 5 % of its own range (one int8 scale: about 100 %)
+        assert np.abs(got[:, c] - want[:, c]).max() <= 0.05 * np.abs(want[:, c]).max(), c
+    assert program.op_counts()["matmul"] == 1 and "avg_pool" not in program.op_counts()  # the exact mean
 
 
 def test_shape_chain_folds_away():

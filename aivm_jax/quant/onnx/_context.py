@@ -7,11 +7,14 @@ rank-4 value may be held channels-last (``channels_last=True``) and is
 transposed back only where an op needs the ONNX order (``Flatten``,
 ``Reshape``, a graph output).
 
-Invariants: an int8 value has one scale for the whole tensor; an int32 value
-(an accumulator) may have one scale per channel of its last axis. Consumers
-that need int8 call `Context.int8`, which requantizes an accumulator once,
-with the scale its calibration range asks for (the positive range alone
-ahead of a ``Relu``), and caches it.
+Invariants: a value has one scale for the whole tensor or one per channel of
+its last axis (an accumulator, or an int8 value that a layer reads with the
+scales folded into its weights). Consumers that need int8 call
+`Context.int8`, which requantizes once, with the scale its calibration range
+asks for (the positive range alone ahead of a ``Relu``), and caches it; a
+consumer that folds its input's scales into its weights (a convolution, a
+linear layer) may ask for one scale per channel, so that a channel whose
+range is far below the others' keeps its resolution.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from aivm_jax.quant._graph import GraphBuilder
 from aivm_jax.quant.onnx._errors import OnnxImportError
 from aivm_jax.quant.onnx._graph import OnnxGraph, OnnxNode
 
-__all__ = ["Context", "Val", "sanitize"]
+__all__ = ["PER_CHANNEL_FLOOR", "WIDEN_BITS", "Context", "Val", "sanitize"]
+
+WIDEN_BITS = 16
+"""`Context.widen` multiplies an int8 value by ``2**16``: exact, and far from int32's limits."""
+
+PER_CHANNEL_FLOOR = 2.0**-8
+"""A channel's int8 scale is at least this fraction of its tensor's: a channel (nearly) dead in
+calibration keeps 8 more bits than the per-tensor scale would give it, and no rescale factor or
+folded weight explodes."""
 
 _BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
 
@@ -69,7 +80,8 @@ class Context:
         self.probabilities: set[str] = set()
         self.shared: dict[Any, str] = {}
         self._taken = set(reserved)
-        self._int8_cache: dict[tuple[str, bool, float | None], Val] = {}
+        self._int8_cache: dict[tuple[str, bool, float | None, bool], Val] = {}
+        self._consumers: dict[str, list[OnnxNode]] | None = None
 
     # ------------------------------------------------------------------ names and values
 
@@ -83,6 +95,12 @@ class Context:
 
     def const(self, name: str) -> np.ndarray | None:
         return self.graph.const(name)
+
+    def readers(self, name: str) -> list[OnnxNode]:
+        """The nodes that read the ONNX value ``name``."""
+        if self._consumers is None:
+            self._consumers = self.graph.consumers()
+        return self._consumers.get(name, [])
 
     def val(self, name: str) -> Val:
         if name not in self.values:
@@ -105,24 +123,51 @@ class Context:
 
     # ------------------------------------------------------------------ conversions
 
-    def int8(self, val: Val, *, positive: bool = False, cap: float | None = None) -> Val:
-        """``val`` as an int8 value with one scale.
+    def int8(
+        self, val: Val, *, positive: bool = False, cap: float | None = None, per_channel: bool = False
+    ) -> Val:
+        """``val`` as an int8 value: one scale, or with ``per_channel`` possibly one per channel.
 
         An accumulator is requantized so that its calibration maximum (of the
-        positive part only when ``positive``; at most ``cap`` when given) maps to 127.
+        positive part only when ``positive``; at most ``cap`` when given) maps to
+        127. With ``per_channel``, an int8 value is returned as it is and an
+        accumulator whose last axis is its channel axis (rank 2 or 3, or rank 4
+        channels-last) gets one scale per channel: each channel's own maximum, at
+        least `PER_CHANNEL_FLOOR` of the tensor's, maps to 127.
         """
-        if self.dtype(val) == "int8" and self.per_tensor(val):
+        if self.dtype(val) == "int8" and (per_channel or self.per_tensor(val)):
             return val
-        key = (val.name, positive, cap)
+        if self.dtype(val) == "int8":  # one scale per channel: requantize reads int32
+            val = self.widen(val)
+        rank = len(self.builder.values[val.name].shape)
+        per_channel = per_channel and (val.channels_last or rank != 4) and rank >= 2
+        key = (val.name, positive, cap, per_channel)
         if key not in self._int8_cache:
             real = self.builder.real(val.name)
-            top = float(real.max()) if positive else float(np.abs(real).max())
+            real = real.reshape(-1, real.shape[-1]) if per_channel else real.reshape(-1, 1)
+            top = real.max(axis=0) if positive else np.abs(real).max(axis=0)
             if cap is not None:
-                top = min(top, cap)
-            scale = max(top, 1e-8) / 127.0
+                top = np.minimum(top, cap)
+            top = np.maximum(top, max(float(top.max()) * PER_CHANNEL_FLOOR, 1e-8))
+            scale = top / 127.0 if per_channel else float(top[0]) / 127.0
             out = self.builder.requantize(val.name, self.fresh(f"{val.name}.q8"), scale=scale)
             self._int8_cache[key] = Val(out, val.channels_last)
         return self._int8_cache[key]
+
+    def widen(self, val: Val) -> Val:
+        """An int8 value as int32 at a ``2**16`` times finer scale (``x * 2**16``, exact): one
+        ``add`` with a zero second multiplier."""
+        builder = self.builder
+        name = self.fresh(f"{val.name}.i32")
+        params = [
+            builder.param(f"{name}.a_multiplier", np.int32(2**WIDEN_BITS)),
+            builder.param(f"{name}.b_multiplier", np.int32(0)),
+            builder.param(f"{name}.shift", np.int32(0)),
+        ]
+        scale = np.asarray(builder.scales[val.name], np.float64) / 2**WIDEN_BITS
+        scale = float(scale) if scale.ndim == 0 else scale
+        builder.op("add", [val.name, val.name, *params], name, scale, out_dtype="int32")
+        return Val(name, val.channels_last)
 
     def layout(self, val: Val, channels_last: bool) -> Val:
         """``val`` (rank 4) channels-last or in ONNX order; a transpose when it is not already."""

@@ -17,31 +17,43 @@ __all__ = ["compare_outputs", "run_float"]
 
 
 def run_float(model, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
-    """The float model's outputs by name, and which engine computed them."""
+    """The float model's outputs by name, and which engine computed them.
+
+    A model exported with a fixed batch size (no dynamic batch axis) runs that many rows at a
+    time, the last chunk padded with copies of its first row."""
     from onnx import helper
 
     types = {v.name: helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in model.graph.input}
     feeds = {k: np.asarray(v).astype(types.get(k, np.float32)) for k, v in feeds.items()}
+    fixed = {
+        v.type.tensor_type.shape.dim[0].dim_value
+        for v in model.graph.input
+        if v.name in feeds and v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].dim_value > 0
+    }
+    rows = next(iter(feeds.values())).shape[0]
+    chunk = min(fixed) if len(fixed) == 1 else rows
     names = [o.name for o in model.graph.output]
+
+    def chunked(run) -> dict[str, np.ndarray]:
+        parts = []
+        for start in range(0, rows, chunk):
+            part = {k: v[start : start + chunk] for k, v in feeds.items()}
+            short = chunk - next(iter(part.values())).shape[0]
+            if short:
+                part = {k: np.concatenate([v, np.repeat(v[:1], short, axis=0)]) for k, v in part.items()}
+            parts.append([np.asarray(o)[: chunk - short] for o in run(names, part)])
+        return {n: np.concatenate([p[i] for p in parts]).astype(np.float64) for i, n in enumerate(names)}
+
     try:
         import onnxruntime
-    except ImportError:
-        onnxruntime = None
-    outs = None
-    if onnxruntime is not None:
-        try:
-            session = onnxruntime.InferenceSession(
-                model.SerializeToString(), providers=["CPUExecutionProvider"]
-            )
-            outs, engine = session.run(names, feeds), f"onnxruntime {onnxruntime.__version__}"
-        except Exception:  # a model onnxruntime does not load (a newer IR version, say)
-            outs = None
-    if outs is None:
+
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return chunked(session.run), f"onnxruntime {onnxruntime.__version__}"
+    except Exception:  # not installed, or a model it does not load (a newer IR version, say)
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        outs, engine = ReferenceEvaluator(model).run(names, feeds), f"onnx.reference {onnx.__version__}"
-    return {n: np.asarray(o, np.float64) for n, o in zip(names, outs)}, engine
+        return chunked(ReferenceEvaluator(model).run), f"onnx.reference {onnx.__version__}"
 
 
 def compare_outputs(float_out: np.ndarray, real_out: np.ndarray) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from aivm_jax._errors import ProgramError
-from aivm_jax.quant._numerics import quantize_bias
+from aivm_jax.quant._numerics import quantize_bias, quantize_weights
 from aivm_jax.quant.onnx._context import Context, Val
 from aivm_jax.quant.onnx._graph import BATCH, OnnxGraph, OnnxNode
 from aivm_jax.quant.onnx._registry import register
@@ -23,7 +23,6 @@ from aivm_jax.quant.onnx._registry import register
 __all__: list[str] = []
 
 _ADD_MULTIPLIER_LIMIT = 2**30
-_WIDEN_BITS = 16
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,6 +91,34 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+def _reads_per_channel(graph: OnnxGraph, node: OnnxNode) -> bool:
+    """Whether ``node`` reads an int8 input with one scale per channel as it is.
+
+    A convolution or a product by a constant folds the scales into its weight's input axis;
+    an add of two activations rescales each operand per channel anyway; pools and the
+    spatial mean work channel by channel."""
+    if node.op_type in ("Gemm", "MatMul"):
+        return graph.const(node.inputs[1]) is not None
+    if node.op_type in ("Add", "Sub"):
+        return all(graph.const(n) is None for n in node.inputs[:2])
+    return node.op_type in ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
+
+
+def _per_channel_output(ctx: Context, node: OnnxNode) -> bool:
+    """Whether ``node``'s output may have one scale per channel: every reader takes it as it is.
+
+    Then a ``Relu``, ``Clip`` or table op requantizes channel by channel (or keeps its table's
+    int32 values) instead of mapping the whole tensor to one int8 scale, which would leave a
+    channel of small range a few levels (what breaks depthwise convolutions)."""
+    out = node.outputs[0]
+    readers = ctx.readers(out)
+    return (
+        bool(readers)
+        and out not in ctx.graph.outputs
+        and all(_reads_per_channel(ctx.graph, r) for r in readers)
+    )
+
+
 # --------------------------------------------------------------------------- aliases
 
 
@@ -138,7 +165,7 @@ def _check_gemm(graph, node):
 
 @register("Gemm", check=_check_gemm)
 def _gemm(ctx: Context, node: OnnxNode) -> None:
-    x = ctx.int8(ctx.node_input(node))
+    x = ctx.int8(ctx.node_input(node), per_channel=True)
     b = np.asarray(ctx.const(node.inputs[1]), np.float64)
     weight = (b.T if node.attrs.get("transB", 0) else b) * float(node.attrs.get("alpha", 1.0))
     n = weight.shape[1]
@@ -176,7 +203,7 @@ def _matmul(ctx: Context, node: OnnxNode) -> None:
     if ctx.const(node.inputs[1]) is None:
         _batch_matmul(ctx, ctx.node_input(node, 0), ctx.node_input(node, 1), node.outputs[0])
         return
-    x = ctx.onnx_order(ctx.int8(ctx.node_input(node)))
+    x = ctx.onnx_order(ctx.int8(ctx.node_input(node), per_channel=True))
     weight = np.asarray(ctx.const(node.inputs[1]), np.float64)
     weight, bias = _fold_affine(ctx, node, weight, np.zeros(weight.shape[1]))
     _emit_linear(ctx, x, weight, bias, node.outputs[0])
@@ -210,7 +237,7 @@ def _check_conv(graph, node):
 
 @register("Conv", check=_check_conv)
 def _conv(ctx: Context, node: OnnxNode) -> None:
-    x = ctx.nhwc(ctx.int8(ctx.node_input(node)))
+    x = ctx.nhwc(ctx.int8(ctx.node_input(node), per_channel=True))
     w = np.asarray(ctx.const(node.inputs[1]), np.float64)  # (O, C / group, KH, KW)
     out_channels, per_group, kh, kw = w.shape
     group = int(node.attrs.get("group", 1))
@@ -227,10 +254,14 @@ def _conv(ctx: Context, node: OnnxNode) -> None:
     hwio, bias = _fold_affine(ctx, node, hwio, bias)
     b = ctx.builder
     output = ctx.fresh(node.outputs[0])
-    from aivm_jax.quant._numerics import quantize_weights
-
-    q, w_scales = quantize_weights(hwio)
-    acc_scale = w_scales * float(b.scales[x.name])
+    # A per-channel input scale is folded into the weight's input-channel axis before it is
+    # quantized: exact for a depthwise convolution (each output reads one input channel).
+    in_scale = np.asarray(b.scales[x.name], np.float64)
+    if in_scale.ndim:
+        q, acc_scale = quantize_weights(hwio * in_scale[:, None])
+    else:
+        q, w_scales = quantize_weights(hwio)
+        acc_scale = w_scales * float(in_scale)
     b.param(f"{output}.weight", q)
     b.param(f"{output}.bias", quantize_bias(bias, acc_scale))
     attrs = {"strides": _strides(node), "padding": _pads(node)}
@@ -347,17 +378,7 @@ def _add_two(ctx: Context, a: Val, b: Val, sign: int, output: str) -> Val:
 
 def _widen(ctx: Context, x: Val) -> Val:
     """An int8 value as int32 at a ``2**16`` times finer scale (``x * 2**16``, exact)."""
-    builder = ctx.builder
-    name = ctx.fresh(f"{x.name}.i32")
-    params = [
-        builder.param(f"{name}.a_multiplier", np.int32(2**_WIDEN_BITS)),
-        builder.param(f"{name}.b_multiplier", np.int32(0)),
-        builder.param(f"{name}.shift", np.int32(0)),
-    ]
-    scale = np.asarray(builder.scales[x.name], np.float64) / 2**_WIDEN_BITS
-    scale = float(scale) if scale.ndim == 0 else scale
-    builder.op("add", [x.name, x.name, *params], name, scale, out_dtype="int32")
-    return Val(name, x.channels_last)
+    return ctx.widen(x)
 
 
 def _add_constant(ctx: Context, x: Val, c: np.ndarray, output: str) -> None:
@@ -425,7 +446,7 @@ def _add(ctx: Context, node: OnnxNode) -> None:
 
 @register("Relu")
 def _relu(ctx: Context, node: OnnxNode) -> None:
-    x = ctx.int8(ctx.node_input(node), positive=True)
+    x = ctx.int8(ctx.node_input(node), positive=True, per_channel=_per_channel_output(ctx, node))
     out = ctx.fresh(node.outputs[0])
     ctx.builder.op("relu", [x.name], out, ctx.builder.scales[x.name])
     ctx.bind(node.outputs[0], Val(out, x.channels_last))
@@ -452,13 +473,16 @@ def _clip(ctx: Context, node: OnnxNode) -> None:
     lo, hi = _clip_bounds(ctx.graph, node)
     x = ctx.node_input(node)
     cap = max(hi, -lo) if lo < 0 else hi
-    x = ctx.int8(x, positive=lo >= 0, cap=None if math.isinf(cap) else cap)
+    cap = None if math.isinf(cap) else cap
+    x = ctx.int8(x, positive=lo >= 0, cap=cap, per_channel=lo == 0 and _per_channel_output(ctx, node))
     builder = ctx.builder
     out = ctx.fresh(node.outputs[0])
     scale = builder.scales[x.name]
-    if lo == 0:
+    if lo == 0 and 127 * float(np.max(scale)) <= hi * (1 + 1e-9):  # int8 saturation is the cap
         builder.op("relu", [x.name], out, scale)
     else:  # clip in int8 units of the same scale, as a table
+        x = ctx.int8(x)
+        scale = builder.scales[x.name]
         q = np.arange(256) - 128
         low = -128 if math.isinf(lo) else _round_half_up(lo / scale)
         high = 127 if math.isinf(hi) else _round_half_up(hi / scale)
@@ -489,8 +513,10 @@ def _check_pool(graph, node):
     return None
 
 
-def _pool(ctx: Context, x: Val, op: str, window, strides, padding, output: str) -> None:
-    x = ctx.nhwc(ctx.int8(x))
+def _pool(ctx: Context, node: OnnxNode, op: str, window, strides, padding) -> None:
+    x = ctx.node_input(node)
+    x = ctx.nhwc(ctx.int8(x, per_channel=ctx.dtype(x) == "int8" or _per_channel_output(ctx, node)))
+    output = node.outputs[0]
     out = ctx.fresh(output)
     ctx.builder.op(
         op, [x.name], out, ctx.builder.scales[x.name], window=window, strides=strides, padding=padding
@@ -503,7 +529,7 @@ def _pool(ctx: Context, x: Val, op: str, window, strides, padding, output: str) 
 def _window_pool(ctx: Context, node: OnnxNode) -> None:
     op = "max_pool" if node.op_type == "MaxPool" else "avg_pool"
     window = tuple(int(k) for k in node.attrs["kernel_shape"])
-    _pool(ctx, ctx.node_input(node), op, window, _strides(node), _pads(node), node.outputs[0])
+    _pool(ctx, node, op, window, _strides(node), _pads(node))
 
 
 def _check_global_pool(graph, node):
@@ -514,14 +540,25 @@ def _check_global_pool(graph, node):
 
 
 def _global_mean(ctx: Context, node: OnnxNode, keepdims: bool) -> None:
-    x = ctx.node_input(node)
-    _, h, w = ctx.shape(x)
-    _pool(ctx, x, "avg_pool", (h, w), (1, 1), ((0, 0), (0, 0)), node.outputs[0])
-    if not keepdims:
-        pooled = ctx.val(node.outputs[0])
-        out = ctx.fresh(f"{node.outputs[0]}.flat")
-        ctx.builder.op("flatten", [pooled.name], out, ctx.builder.scales[pooled.name])
-        ctx.bind(node.outputs[0], Val(out, False))
+    """The mean over H and W, exactly: ``(batch, HW, C)`` transposed, times a column of ones.
+
+    The window sum is an int32 at the input's scale divided by ``H * W``: nothing is rounded
+    (an int8 ``avg_pool`` would round each mean to the input's step, which the later layers'
+    calibration, over a smaller range, would magnify). The input is int8 with one scale per
+    channel (the int32 sum keeps them; a reader requantizes it as it needs)."""
+    x = ctx.nhwc(ctx.int8(ctx.node_input(node), per_channel=True))
+    builder = ctx.builder
+    _, h, w, c = builder.values[x.name].shape
+    scale = np.asarray(builder.scales[x.name], np.float64)
+    column = scale.reshape(-1, 1) if scale.ndim else float(scale)  # the channels on axis -2
+    name = ctx.fresh(node.outputs[0])
+    rows = builder.op("reshape", [x.name], f"{name}.rows", builder.scales[x.name], shape=(h * w, c))
+    moved = builder.op("transpose", [rows], f"{name}.channels", column, perm=(1, 0))
+    ones = builder.param(f"{name}.ones", np.ones((h * w, 1), np.int8))
+    total = builder.op("matmul", [moved, ones], f"{name}.sum", column / (h * w))
+    row = (1, 1, c) if keepdims else (c,)
+    builder.op("reshape", [total], name, scale / (h * w) if scale.ndim else float(scale) / (h * w), shape=row)
+    ctx.bind(node.outputs[0], Val(name, keepdims))
 
 
 @register("GlobalAveragePool", check=_check_global_pool)

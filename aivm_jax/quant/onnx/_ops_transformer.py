@@ -23,7 +23,7 @@ from aivm_jax._errors import ProgramError
 from aivm_jax.quant._graph import GELU_FLOOR, SOFTMAX_OUT_BITS, SOFTMAX_TABLE_BITS, exp2_table, gelu
 from aivm_jax.quant.onnx._context import Context, Val
 from aivm_jax.quant.onnx._graph import BATCH, OnnxGraph, OnnxNode
-from aivm_jax.quant.onnx._ops import _ADD_MULTIPLIER_LIMIT, _shape, _widen
+from aivm_jax.quant.onnx._ops import _ADD_MULTIPLIER_LIMIT, _per_channel_output, _shape, _widen
 from aivm_jax.quant.onnx._registry import register
 
 __all__ = ["emit_gelu", "emit_layer_norm", "emit_softmax", "int32_per_tensor"]
@@ -41,7 +41,7 @@ def int32_per_tensor(ctx: Context, x: Val) -> Val:
     """``x`` in ONNX order as int32 with one scale (what ``layer_norm`` and the softmax read)."""
     x = ctx.onnx_order(x)
     if ctx.dtype(x) == "int8":
-        return _widen(ctx, x)
+        x = _widen(ctx, x)  # keeps a per-channel scale, requantized below
     if ctx.per_tensor(x):
         return x
     top = max(float(np.abs(ctx.builder.real(x.name)).max()), 1e-8)
@@ -149,6 +149,7 @@ def emit_gelu(ctx: Context, x: Val, output: str, *, approximate: str = "none") -
     if ctx.dtype(x) == "int8" and ctx.per_tensor(x):
         x8 = x.name
     else:
+        x = ctx.widen(x) if ctx.dtype(x) == "int8" else x  # requantize reads int32
         real = builder.real(x.name)
         top = max(float(real.max()), min(-float(real.min()), GELU_FLOOR), 1e-8)
         x8 = builder.requantize(x.name, f"{name}.in8", scale=top / 127.0)
@@ -263,12 +264,29 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _table_op(fn, cap: float | None = None):
-    """A converter computing the one-input function ``fn(x, attrs)`` as an int8 -> int8 table."""
+def _table_op(fn, cap: float | None = None, flat_below: float | None = None):
+    """A converter computing the one-input function ``fn(x, attrs)`` as a 256-entry table.
+
+    The input is int8 over ``[-cap, cap]`` (its calibration range, at most ``cap``); when
+    ``fn`` is constant below ``-flat_below`` (HardSwish), the range's negative side stops
+    there. The output is int8, or int32 (the table's values to 24 bits) when every reader
+    requantizes it to int8 with one scale per channel.
+    """
 
     def convert(ctx: Context, node: OnnxNode) -> None:
-        x = ctx.int8(ctx.node_input(node), cap=cap)
-        out = ctx.builder.table(x.name, lambda v: fn(v, node.attrs), ctx.fresh(node.outputs[0]))
+        x = ctx.node_input(node)
+        if flat_below is not None and not (ctx.dtype(x) == "int8" and ctx.per_tensor(x)):
+            x = ctx.widen(x) if ctx.dtype(x) == "int8" else x  # requantize reads int32
+            real = ctx.builder.real(x.name)
+            top = max(float(real.max()), min(-float(real.min()), flat_below), 1e-8)
+            out = ctx.builder.requantize(x.name, ctx.fresh(f"{x.name}.q8"), scale=top / 127.0)
+            x = Val(out, x.channels_last)
+        else:
+            x = ctx.int8(x, cap=cap)
+        out_dtype = "int32" if _per_channel_output(ctx, node) else "int8"
+        out = ctx.builder.table(
+            x.name, lambda v: fn(v, node.attrs), ctx.fresh(node.outputs[0]), out_dtype=out_dtype
+        )
         ctx.bind(node.outputs[0], Val(out, x.channels_last))
 
     return convert
@@ -288,7 +306,9 @@ register("Sigmoid")(_table_op(lambda x, a: _sigmoid(x), cap=8.0))
 register("Tanh")(_table_op(lambda x, a: np.tanh(x), cap=4.0))
 register("Erf")(_table_op(lambda x, a: _erf(x), cap=3.0))
 register("HardSigmoid")(_table_op(_hard_sigmoid))
-register("HardSwish", opsets=(14, 20))(_table_op(lambda x, a: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)))
+register("HardSwish", opsets=(14, 20))(
+    _table_op(lambda x, a: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0), flat_below=3.0)
+)
 register("LeakyRelu")(_table_op(lambda x, a: np.where(x >= 0, x, float(a.get("alpha", 0.01)) * x)))
 
 
