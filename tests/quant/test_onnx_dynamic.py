@@ -166,7 +166,8 @@ def test_cli_import_dim_and_info(tokenwise, tmp_path):
 
 
 def test_a_global_pool_over_bound_axes_keeps_them_static():
-    """Step 2's check: the pool's window is the bound height and width."""
+    """Step 2's check: the spatial mean (an exact sum against a ones parameter of h * w
+    entries) depends on the bound height and width."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -181,4 +182,6 @@ def test_a_global_pool_over_bound_axes_keeps_them_static():
     program = import_onnx(model, rows, dims={"h": 4, "w": 5})
     dims = program.metadata["source"]["dims"]
     assert [d["dynamic"] for d in dims.values()] == [False, False]
-    assert "avg_pool" in dims["h"]["static_because"] and program.inputs[0].dynamic == ()
+    reason = dims["h"]["static_because"]
+    assert "ones" in reason and "follows the length" in reason, reason
+    assert program.inputs[0].dynamic == ()

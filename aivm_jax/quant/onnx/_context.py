@@ -29,7 +29,7 @@ from aivm_jax.quant._graph import GraphBuilder
 from aivm_jax.quant.onnx._errors import OnnxImportError
 from aivm_jax.quant.onnx._graph import OnnxGraph, OnnxNode
 
-__all__ = ["PER_CHANNEL_FLOOR", "WIDEN_BITS", "Context", "Val", "sanitize"]
+__all__ = ["PER_CHANNEL_FLOOR", "PER_CHANNEL_HEADROOM", "WIDEN_BITS", "Context", "Val", "sanitize"]
 
 WIDEN_BITS = 16
 """`Context.widen` multiplies an int8 value by ``2**16``: exact, and far from int32's limits."""
@@ -38,6 +38,11 @@ PER_CHANNEL_FLOOR = 2.0**-8
 """A channel's int8 scale is at least this fraction of its tensor's: a channel (nearly) dead in
 calibration keeps 8 more bits than the per-tensor scale would give it, and no rescale factor or
 folded weight explodes."""
+
+PER_CHANNEL_HEADROOM = 1.25
+"""A per-channel int8 scale maps 1.25 times its channel's calibration maximum to 127 (never more
+than the tensor's maximum, the per-tensor scale): a channel's maximum over the calibration rows
+is a tight sample, and inputs past it would saturate."""
 
 _BAD = re.compile(r"[^A-Za-z0-9_.:/-]")
 
@@ -149,6 +154,8 @@ class Context:
             if cap is not None:
                 top = np.minimum(top, cap)
             top = np.maximum(top, max(float(top.max()) * PER_CHANNEL_FLOOR, 1e-8))
+            if per_channel:  # headroom: a channel's calibration maximum is a tight sample of its range
+                top = np.minimum(top * PER_CHANNEL_HEADROOM, float(top.max()))
             scale = top / 127.0 if per_channel else float(top[0]) / 127.0
             out = self.builder.requantize(val.name, self.fresh(f"{val.name}.q8"), scale=scale)
             self._int8_cache[key] = Val(out, val.channels_last)
