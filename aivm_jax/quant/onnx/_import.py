@@ -214,8 +214,9 @@ def import_onnx(
         "calibration_rows": rows - held,
         SCALES_KEY: {k: scales[k] for k in sorted(scales)},
     }
-    try:  # a dynamic program is also checked at the shortest lengths
-        program = Program(
+
+    def build(nodes, inputs, outputs) -> Program:
+        return Program(
             name=name,
             inputs=inputs,
             outputs=outputs,
@@ -223,6 +224,9 @@ def import_onnx(
             params=builder.params,
             metadata=meta,
         )
+
+    try:  # a dynamic program is also checked at the shortest lengths
+        program = build(nodes, inputs, outputs)
     except ProgramError as error:
         if (nodes, inputs, outputs) == static:
             raise
@@ -230,15 +234,7 @@ def import_onnx(
             if plan.dynamic:
                 plan.reason = f"the program does not hold at the shortest lengths: {_why(error)}"
         source["dims"] = {plan.name: plan.report() for plan in plans}
-        nodes, inputs, outputs = static
-        program = Program(
-            name=name,
-            inputs=inputs,
-            outputs=outputs,
-            nodes=tuple(nodes),
-            params=builder.params,
-            metadata=meta,
-        )
+        program = build(*static)
     test = {k: v.astype(np.int64) if k in kinds else v for k, v in test.items()}
     return program.with_metadata(onnx_fidelity=_fidelity(onnx_model, program, test, input_names, held > 0))
 
