@@ -307,6 +307,16 @@ register("Pow", check=_only_in_pattern("the decomposed LayerNormalization chain"
 register("Sqrt", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
 
 
+def _only_constant(graph, node):
+    return "supported only when it folds to a constant, and its inputs are not constant"
+
+
+# Index plumbing that folds once the sequence length is bound: BertEmbeddings gathers its
+# all-zero token_type_ids buffer at the position ids (``torch.gather``). A node whose inputs are
+# all constant folds before any check; one that does not is refused here.
+register("GatherElements", check=_only_constant)(_never)
+
+
 def _check_cast(graph, node):
     if graph.const(node.inputs[0]) is None and int(node.attrs.get("to", 0)) not in _FLOAT_TYPES:
         return "a cast of an activation to an integer type is supported only inside an attention mask"
