@@ -303,7 +303,7 @@ def _never(ctx: Context, node: OnnxNode) -> None:  # its check always refuses
     raise ProgramError(f"{node.op_type} {node.name!r} has no converter of its own")
 
 
-register("Pow", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
+register("Pow", check=_only_in_pattern("the decomposed LayerNormalization or tanh GELU chains"))(_never)
 register("Sqrt", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
 
 
