@@ -303,7 +303,8 @@ def _never(ctx: Context, node: OnnxNode) -> None:  # its check always refuses
     raise ProgramError(f"{node.op_type} {node.name!r} has no converter of its own")
 
 
-register("Pow", check=_only_in_pattern("the decomposed LayerNormalization or tanh GELU chains"))(_never)
+_POW_CHAINS = "the decomposed LayerNormalization chain or the tanh GELU chain"
+register("Pow", check=_only_in_pattern(_POW_CHAINS))(_never)
 register("Sqrt", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
 
 
