@@ -9,7 +9,9 @@ asks for a static shape (``Shape``) is evaluated with ``onnx.reference`` and
 replaced by its value, and nodes nothing reads are dropped. A shape that
 holds `BATCH` passes through ``Gather``/``Concat``/``Unsqueeze``/... untouched,
 so ``x.view(x.size(0), -1)`` folds to a ``Reshape`` target ``[BATCH, -1]``
-whose first entry the converter reads as the batch axis.
+whose first entry the converter reads as the batch axis. A constant ``Expand``-ed
+along the batch axis folds to the constant with a batch axis of 1 (every row holds
+the same), and a reshape to the shape its input already has is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ BATCH = 2**31 - 1
 """The batch size ONNX shape inference and folding see: a sentinel no real dimension has."""
 
 _PASS_THROUGH = frozenset(
-    {"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze"}
+    {"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Where"}
 )
 """Folding ops that only move shape entries around: the only ones allowed to read `BATCH`."""
 
@@ -180,6 +182,13 @@ def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tupl
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
     types = {v.name: v.type.tensor_type.elem_type or TensorProto.FLOAT for v in model.graph.input}
+    # A Range over the batch axis (the row indices transformers' mask helpers build) would make
+    # shape inference's data propagation write out a BATCH-long vector: its limit stays unknown.
+    batch_limits = {
+        n.input[1]
+        for n in graph_nodes
+        if n.op_type == "Range" and n.input[1] in consts and np.any(np.asarray(consts[n.input[1]]) == BATCH)
+    }
     value_inputs = [
         helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), [BATCH, *row])
         for name, row in inputs.items()
@@ -189,7 +198,11 @@ def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tupl
         "aivm_shapes",
         value_inputs,
         [helper.make_empty_tensor_value_info(o) for o in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(v), name) for name, v in consts.items()],
+        initializer=[
+            numpy_helper.from_array(np.asarray(v), name)
+            for name, v in consts.items()
+            if name not in batch_limits
+        ],
     )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import))
     probe.ir_version = model.ir_version
@@ -205,6 +218,26 @@ def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tupl
     return shapes
 
 
+def _batch_broadcast(data, target) -> bool:
+    """``Expand(data, target)`` repeats a constant along the batch axis and nothing else moves."""
+    data, target = np.asarray(data), np.asarray(target).reshape(-1)
+    return (
+        len(target) >= max(data.ndim, 1)
+        and target[0] == BATCH
+        and not np.any(target[1:] == BATCH)
+        and not np.any(data == BATCH)
+        and (data.ndim < len(target) or data.shape[0] == 1)
+    )
+
+
+def _batch_blind_equal(a, b) -> bool:
+    """``Equal(a, b)`` is the same for every batch size: a batch size meets only itself or a value
+    below 1 (``shape == -1``, the test PyTorch writes for ``expand(..., -1)``)."""
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    one_side = (a == BATCH) ^ (b == BATCH)
+    return bool(np.all(~one_side | (np.minimum(a, b) < 1)))
+
+
 def _evaluate(proto, node: OnnxNode, consts, opset: int) -> list[np.ndarray] | None:
     """The node's outputs when it folds, else ``None``."""
     from onnx.reference import ReferenceEvaluator
@@ -212,9 +245,20 @@ def _evaluate(proto, node: OnnxNode, consts, opset: int) -> list[np.ndarray] | N
     operands = [consts.get(n) for n in node.inputs if n]
     if any(v is None for v in operands):
         return None
+    if node.op_type == "Expand" and _batch_broadcast(*operands):
+        # a constant repeated along the batch axis (transformers' token_type_ids buffer): the same
+        # in every row, so it is kept with a batch axis of 1, which its consumers broadcast
+        data, target = np.asarray(operands[0]), np.asarray(operands[1]).reshape(-1)
+        shape = np.broadcast_shapes(data.shape, (1, *(int(d) for d in target[1:])))
+        return [np.ascontiguousarray(np.broadcast_to(data, shape))]
     if node.op_type not in _PASS_THROUGH and any(np.any(np.asarray(v) == BATCH) for v in operands):
-        return None  # arithmetic on the batch size: not a constant
+        if not (node.op_type == "Equal" and _batch_blind_equal(*operands)):
+            return None  # arithmetic on the batch size: not a constant
     feeds = {n: consts[n] for n in node.inputs if n}
+    if node.op_type == "GatherElements":  # onnx.reference's is wrong when the axis sizes differ
+        data, indices = (np.asarray(v) for v in operands)
+        axis = int(node.attrs.get("axis", 0))
+        return [np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis)]
     try:
         results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
     except Exception as error:  # onnx.reference raises many types
@@ -222,6 +266,30 @@ def _evaluate(proto, node: OnnxNode, consts, opset: int) -> list[np.ndarray] | N
     if any(np.asarray(r).size > _MAX_FOLDED_ELEMENTS for r in results):
         return None
     return [np.asarray(r) for r in results]
+
+
+_RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
+
+
+def _drop_identity_reshapes(nodes: list[OnnxNode], shapes, outputs) -> list[OnnxNode]:
+    """Nodes without the reshapes to the shape their input already has (GPT-2's
+    ``input_ids.view(-1, T)``): their consumers read the input itself."""
+    alias: dict[str, str] = {}
+    kept = []
+    for node in nodes:
+        node = dataclasses.replace(node, inputs=tuple(alias.get(n, n) for n in node.inputs))
+        shape = shapes.get(node.inputs[0]) if node.inputs else None
+        if (
+            node.op_type in _RESHAPES
+            and shape is not None
+            and shape[:1] == (BATCH,)
+            and shapes.get(node.outputs[0]) == shape
+            and node.outputs[0] not in outputs
+        ):
+            alias[node.outputs[0]] = node.inputs[0]
+            continue
+        kept.append(node)
+    return kept
 
 
 def read_graph(model, dims: Mapping[str, int] | None = None) -> OnnxGraph:
@@ -276,6 +344,7 @@ def read_graph(model, dims: Mapping[str, int] | None = None) -> OnnxGraph:
             kept.append(node)
             needed.update(n for n in node.inputs if n)
     kept.reverse()
+    kept = _drop_identity_reshapes(kept, shapes, outputs)
     used = {n for node in kept for n in node.inputs}
     consts = {k: v for k, v in consts.items() if k in used or k in outputs}
     for name in outputs:

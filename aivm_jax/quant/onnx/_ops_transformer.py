@@ -323,8 +323,19 @@ def _never(ctx: Context, node: OnnxNode) -> None:  # its check always refuses
     raise ProgramError(f"{node.op_type} {node.name!r} has no converter of its own")
 
 
-register("Pow", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
+_POW_CHAINS = "the decomposed LayerNormalization chain or the tanh GELU chain"
+register("Pow", check=_only_in_pattern(_POW_CHAINS))(_never)
 register("Sqrt", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
+
+
+def _only_constant(graph, node):
+    return "supported only when it folds to a constant, and its inputs are not constant"
+
+
+# Index plumbing that folds once the sequence length is bound: BertEmbeddings gathers its
+# all-zero token_type_ids buffer at the position ids (``torch.gather``). A node whose inputs are
+# all constant folds before any check; one that does not is refused here.
+register("GatherElements", check=_only_constant)(_never)
 
 
 def _check_cast(graph, node):

@@ -11,8 +11,8 @@ import numpy as np
 
 from aivm_jax.quant.onnx._context import Context
 from aivm_jax.quant.onnx._errors import OnnxImportError
-from aivm_jax.quant.onnx._graph import OnnxGraph, OnnxNode
-from aivm_jax.quant.onnx._ops import _bn_affine
+from aivm_jax.quant.onnx._graph import BATCH, OnnxGraph, OnnxNode
+from aivm_jax.quant.onnx._ops import _bn_affine, _emit_linear
 from aivm_jax.quant.onnx._ops_transformer import emit_gelu, emit_layer_norm, emit_softmax
 
 __all__ = ["MASK_FLOOR", "Match", "fold_batch_norms", "match_patterns"]
@@ -184,12 +184,44 @@ def _convert_layer_norm(ctx: Context, match: Match) -> None:
 _SQRT2 = math.sqrt(2.0)
 
 
-def _match_gelu(view: _View, erf: OnnxNode) -> Match | None:
-    """``Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add(1) -> Mul, Mul`` with ``x`` and ``0.5``.
+def _half_x_times(view: _View, one_plus: OnnxNode, x: str) -> tuple[list[OnnxNode], str] | None:
+    """The ``0.5 * x * one_plus`` that ends both GELU chains: ``(nodes, output)``.
 
-    The two multiplications may come in either order: ``(x * (1 + erf)) * 0.5``,
-    ``x * ((1 + erf) * 0.5)`` or ``(x * 0.5) * (1 + erf)``.
+    The two multiplications may come in either order: ``(x * (1 + f)) * 0.5``,
+    ``x * ((1 + f) * 0.5)`` or ``(x * 0.5) * (1 + f)``.
     """
+    first = view.only_user(one_plus.outputs[0], "Mul")
+    if first is None:
+        return None
+    partner = view.other(first, one_plus.outputs[0])
+    half_of_x = view.producer.get(partner)
+    if partner == x:  # (x * (1 + f)) * 0.5
+        second = view.only_user(first.outputs[0], "Mul")
+        half = None if second is None else view.scalar(view.other(second, first.outputs[0]))
+        nodes = [first, second]
+    elif view.scalar(partner) == 0.5:  # x * ((1 + f) * 0.5)
+        second = view.only_user(first.outputs[0], "Mul")
+        half = 0.5 if second is not None and view.other(second, first.outputs[0]) == x else None
+        nodes = [first, second]
+    elif (
+        half_of_x is not None
+        and half_of_x.op_type == "Mul"
+        and view.only_user(partner, "Mul") is first
+        and x in half_of_x.inputs
+    ):  # (x * 0.5) * (1 + f)
+        second = first
+        half = view.scalar(view.other(half_of_x, x))
+        nodes = [half_of_x, first]
+    else:
+        return None
+    if second is None or half != 0.5:
+        return None
+    return nodes, second.outputs[0]
+
+
+def _match_gelu(view: _View, erf: OnnxNode) -> Match | None:
+    """``Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add(1) -> Mul, Mul`` with ``x`` and ``0.5``
+    (the multiplications in any order, see `_half_x_times`)."""
     scale = view.producer.get(erf.inputs[0])
     if (
         scale is None
@@ -205,37 +237,156 @@ def _match_gelu(view: _View, erf: OnnxNode) -> Match | None:
     add = view.only_user(erf.outputs[0], "Add")
     if add is None or view.scalar(view.other(add, erf.outputs[0])) != 1.0:
         return None
-    first = view.only_user(add.outputs[0], "Mul")
-    if first is None:
+    tail = _half_x_times(view, add, x)
+    if tail is None:
         return None
-    partner = view.other(first, add.outputs[0])
-    half_of_x = view.producer.get(partner)
-    if partner == x:  # (x * (1 + erf)) * 0.5
-        second = view.only_user(first.outputs[0], "Mul")
-        half = None if second is None else view.scalar(view.other(second, first.outputs[0]))
-        nodes = [scale, erf, add, first, second]
-    elif view.scalar(partner) == 0.5:  # x * ((1 + erf) * 0.5)
-        second = view.only_user(first.outputs[0], "Mul")
-        half = 0.5 if second is not None and view.other(second, first.outputs[0]) == x else None
-        nodes = [scale, erf, add, first, second]
-    elif (
-        half_of_x is not None
-        and half_of_x.op_type == "Mul"
-        and view.only_user(partner, "Mul") is first
-        and x in half_of_x.inputs
-    ):  # (x * 0.5) * (1 + erf)
-        second = first
-        half = view.scalar(view.other(half_of_x, x))
-        nodes = [scale, erf, add, half_of_x, first]
+    return view.match(
+        "Gelu(Div/Erf/Add/Mul/Mul)", [scale, erf, add, *tail[0]], _convert_gelu, x=x, output=tail[1]
+    )
+
+
+_TANH_GELU_SCALE = math.sqrt(2.0 / math.pi)
+_TANH_GELU_CUBIC = 0.044715
+
+
+def _close(value: float | None, want: float) -> bool:
+    return value is not None and abs(value - want) <= 1e-4 * want
+
+
+def _match_gelu_tanh(view: _View, tanh: OnnxNode) -> Match | None:
+    """``x + 0.044715 * Pow(x, 3) -> Mul(sqrt(2/pi)) -> Tanh -> Add(1) -> Mul, Mul`` with ``x`` and ``0.5``.
+
+    GPT-2's ``gelu_new`` (``NewGELUActivation``) as PyTorch's exporter writes it below
+    opset 20; the multiplications in any order (see `_half_x_times`).
+    """
+    scale = view.producer.get(tanh.inputs[0])
+    if scale is None or scale.op_type != "Mul" or view.only_user(scale.outputs[0], "Tanh") is not tanh:
+        return None
+    inner = next((n for n in scale.inputs if view.graph.const(n) is None), None)
+    if inner is None or not _close(view.scalar(view.other(scale, inner)), _TANH_GELU_SCALE):
+        return None
+    add = view.producer.get(inner)
+    if add is None or add.op_type != "Add" or view.only_user(inner, "Mul") is not scale:
+        return None
+    for x, term in (add.inputs[:2], add.inputs[1::-1]):
+        cubic = view.producer.get(term)
+        if cubic is None or cubic.op_type != "Mul" or view.only_user(term, "Add") is not add:
+            continue
+        power_out = next((n for n in cubic.inputs if view.graph.const(n) is None), None)
+        power = None if power_out is None else view.producer.get(power_out)
+        if (
+            power is not None
+            and power.op_type == "Pow"
+            and power.inputs[0] == x
+            and view.scalar(power.inputs[1]) == 3.0
+            and view.only_user(power_out, "Mul") is cubic
+            and _close(view.scalar(view.other(cubic, power_out)), _TANH_GELU_CUBIC)
+            and view.graph.const(x) is None
+        ):
+            break
     else:
         return None
-    if second is None or half != 0.5:
+    one_plus = view.only_user(tanh.outputs[0], "Add")
+    if one_plus is None or view.scalar(view.other(one_plus, tanh.outputs[0])) != 1.0:
         return None
-    return view.match("Gelu(Div/Erf/Add/Mul/Mul)", nodes, _convert_gelu, x=x, output=second.outputs[0])
+    tail = _half_x_times(view, one_plus, x)
+    if tail is None:
+        return None
+    return view.match(
+        "Gelu(tanh: Pow/Mul/Add/Mul/Tanh/Add/Mul/Mul)",
+        [power, cubic, add, scale, tanh, one_plus, *tail[0]],
+        _convert_gelu_tanh,
+        x=x,
+        output=tail[1],
+    )
+
+
+def _convert_gelu_tanh(ctx: Context, match: Match) -> None:
+    emit_gelu(ctx, ctx.val(match.params["x"]), match.params["output"], approximate="tanh")
 
 
 def _convert_gelu(ctx: Context, match: Match) -> None:
     emit_gelu(ctx, ctx.val(match.params["x"]), match.params["output"])
+
+
+def _const_vector(view: _View, name: str, n: int) -> np.ndarray | None:
+    """A constant of ``n`` entries along its last axis only (a bias), as float64 ``(n,)``."""
+    c = view.graph.const(name)
+    if c is None or np.size(c) not in (1, n) or (np.ndim(c) > 1 and np.shape(c)[-1] != np.size(c)):
+        return None
+    return np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (n,))
+
+
+def _match_conv1d(view: _View, flat: OnnxNode) -> Match | None:
+    """``Reshape(x, [-1, K]) -> Gemm | MatMul [-> Add(bias)] -> Reshape(back to x's rows, N)``.
+
+    What transformers' ``Conv1D`` (GPT-2's projections: ``addmm`` on ``x.view(-1, K)``) and
+    ``nn.Linear`` on a flattened input export to: one product along the last axis, which
+    folds the batch axis into the rows and back. Converted as that product on ``x``.
+    """
+    graph = view.graph
+    x = flat.inputs[0]
+    shape = graph.shapes.get(x)
+    target = graph.const(flat.inputs[1]) if len(flat.inputs) > 1 else None
+    if shape is None or len(shape) < 3 or target is None or graph.const(x) is not None:
+        return None
+    k = shape[-1]
+    if [int(v) for v in np.asarray(target).reshape(-1)] != [-1, k]:
+        return None
+    product = view.only_user(flat.outputs[0], ("Gemm", "MatMul"))
+    if product is None or product.inputs[0] != flat.outputs[0]:
+        return None
+    b = graph.const(product.inputs[1])
+    if b is None or b.ndim != 2:
+        return None
+    nodes = [flat, product]
+    if product.op_type == "Gemm":
+        if product.attrs.get("transA", 0):
+            return None
+        weight = (b.T if product.attrs.get("transB", 0) else b) * float(product.attrs.get("alpha", 1.0))
+        n = weight.shape[1]
+        bias = np.zeros(n)
+        if len(product.inputs) > 2 and product.inputs[2]:
+            c = _const_vector(view, product.inputs[2], n)
+            if c is None:
+                return None
+            bias = c * float(product.attrs.get("beta", 1.0))
+        out = product.outputs[0]
+    else:
+        weight, out = b, product.outputs[0]
+        n = weight.shape[1]
+        bias = np.zeros(n)
+        add = view.only_user(out, "Add")
+        c = None if add is None else _const_vector(view, view.other(add, out), n)
+        if c is not None:
+            bias, out = c, add.outputs[0]
+            nodes.append(add)
+    if weight.shape[0] != k:
+        return None
+    back = view.only_user(out, "Reshape")
+    back_target = None if back is None else graph.const(back.inputs[1])
+    if back_target is None or back.inputs[0] != out:
+        return None
+    first, *rest = (int(v) for v in np.asarray(back_target).reshape(-1))
+    if first not in (BATCH, -1) and first not in graph.exported_batches:
+        return None
+    if tuple(rest) != (*shape[1:-1], n):
+        return None
+    return view.match(
+        f"Linear({'/'.join(node.op_type for node in nodes)}/Reshape)",
+        [*nodes, back],
+        _convert_conv1d,
+        x=x,
+        weight=np.asarray(weight, np.float64),
+        bias=np.asarray(bias, np.float64),
+        output=back.outputs[0],
+    )
+
+
+def _convert_conv1d(ctx: Context, match: Match) -> None:
+    p = match.params
+    x = ctx.onnx_order(ctx.int8(ctx.val(p["x"])))
+    _emit_linear(ctx, x, p["weight"], p["bias"], p["output"])
 
 
 # --------------------------------------------------------------------------- attention masks
@@ -249,8 +400,11 @@ _MASK_OPS = frozenset(
         "Add",
         "Cast",
         "Concat",
+        "ConstantOfShape",
         "Equal",
         "Expand",
+        "Flatten",
+        "Gather",
         "Greater",
         "GreaterOrEqual",
         "Identity",
@@ -260,7 +414,9 @@ _MASK_OPS = frozenset(
         "Neg",
         "Not",
         "Or",
+        "Range",
         "Reshape",
+        "Shape",
         "Slice",
         "Squeeze",
         "Sub",
@@ -269,15 +425,19 @@ _MASK_OPS = frozenset(
     }
 )
 """Op types a key mask may be built of from ``attention_mask`` at run time (what PyTorch's
-exporter and transformers' mask helpers write once the shape chains are folded)."""
+exporter and transformers' mask helpers write once the shape chains are folded; transformers 5
+indexes the mask with the row indices ``Range(0, batch)``: ``Flatten``, ``Gather``, ``Shape``)."""
 
 
 def _mask_cone(view: _View, seeds: set[str]) -> dict[str, OnnxNode]:
-    """Nodes computed from integer graph inputs (and constants) alone: value name -> producer."""
+    """Nodes computed from integer graph inputs (and constants) alone: value name -> producer.
+
+    A node whose operands are all constants is here too when it did not fold: it computes
+    with the batch size (the row indices ``Range(0, batch)``)."""
     cone: dict[str, OnnxNode] = {}
     for node in view.graph.nodes:
         live = [n for n in node.inputs if n and view.graph.const(n) is None]
-        if live and node.op_type in _MASK_OPS and all(n in seeds or n in cone for n in live):
+        if node.op_type in _MASK_OPS and all(n in seeds or n in cone for n in live):
             cone.update({out: node for out in node.outputs if out})
     return cone
 
@@ -550,6 +710,10 @@ def match_patterns(graph: OnnxGraph, model, int_inputs: set[str]) -> list[Match]
             match = _match_layer_norm(view, node)
         elif node.op_type == "Erf":
             match = _match_gelu(view, node)
+        elif node.op_type == "Tanh":
+            match = _match_gelu_tanh(view, node)
+        elif node.op_type == "Reshape":
+            match = _match_conv1d(view, node)
         if match is not None and not taken & set(match.nodes):
             matches.append(match)
             taken.update(match.nodes)

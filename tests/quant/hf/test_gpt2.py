@@ -22,18 +22,13 @@ from aivm_jax.models._char_gpt import load_corpus
 from aivm_jax.quant.hf import HfImportError, import_folder
 from aivm_jax.quant.hf._gpt2 import Gpt2Config, gpt2_float_logits, gpt2_program, read_gpt2_weights
 
+from ._tiny_gpt2 import CONTEXT, heldout_windows, trained_gpt2
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 pytestmark = pytest.mark.slow
-
-VOCAB = 512
-WIDTH = 128
-CONTEXT = 128
-STEPS = 700
-WINDOW = 128
-LEARNING_RATE = 3e-3
 
 PROMPTS = [
     "The ",
@@ -47,73 +42,11 @@ PROMPTS = [
 ]
 
 
-def _tokenizer(text: str):
-    """A byte-level BPE tokenizer (GPT-2's kind) trained on ``text``; deterministic."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([text], trainer)
-    return tokenizer
-
-
-def _config(**overrides):
-    from transformers import GPT2Config
-
-    settings = dict(
-        n_layer=2,
-        n_embd=WIDTH,
-        n_head=4,
-        n_positions=CONTEXT,
-        vocab_size=VOCAB,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2Config(**{**settings, **overrides})
-
-
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     """``(folder, float model, tokenizer)``: a 2-layer GPT-2 trained briefly on the built-in corpus,
     saved with ``save_pretrained`` next to its ``tokenizer.json``."""
-    from transformers import GPT2LMHeadModel
-
-    _, train_text, _ = load_corpus()
-    tokenizer = _tokenizer(train_text)
-    assert tokenizer.get_vocab_size() == VOCAB
-    ids = np.array(tokenizer.encode(train_text).ids)
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        model = GPT2LMHeadModel(_config())
-        optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.1)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=LEARNING_RATE, total_steps=STEPS, pct_start=0.1
-        )
-        rng = np.random.default_rng(0)
-        model.train()
-        for _ in range(STEPS):
-            starts = rng.integers(0, len(ids) - WINDOW, 16)
-            batch = torch.tensor(np.stack([ids[s : s + WINDOW] for s in starts]))
-            loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    model, tokenizer = trained_gpt2()
     folder = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
     model.save_pretrained(folder)
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -127,13 +60,6 @@ def imported(gpt2, tmp_path_factory):
     path = tmp_path_factory.mktemp("gpt2-program") / "tiny-gpt2.aivm"
     aivm_jax.save(program, path)
     return aivm_jax.load(path), path
-
-
-def _heldout_windows(tokenizer, count: int = 24, length: int = CONTEXT) -> np.ndarray:
-    _, _, heldout = load_corpus()
-    ids = np.array(tokenizer.encode(heldout).ids, np.int32)
-    starts = np.linspace(0, len(ids) - length, count).astype(int)
-    return np.stack([ids[s : s + length] for s in starts])
 
 
 def _feeds(program, tokens, mask=None, past=None):
@@ -163,7 +89,7 @@ def _float_argmax(model, windows: np.ndarray) -> np.ndarray:
 def test_greedy_next_tokens_agree_with_transformers(gpt2, imported):
     folder, model, tokenizer = gpt2
     program, _ = imported
-    windows = _heldout_windows(tokenizer)
+    windows = heldout_windows(tokenizer)
     reference = _float_argmax(model, windows)
     result = aivm_jax.infer(program, _feeds(program, windows))
     agreement = (result.named_outputs["next_token"] == reference).mean()
@@ -180,7 +106,7 @@ def test_greedy_next_tokens_agree_with_transformers(gpt2, imported):
 def test_numpy_float_model_is_transformers(gpt2):
     folder, model, tokenizer = gpt2
     cfg = Gpt2Config.from_hf(json.loads((folder / "config.json").read_text()), folder)
-    windows = _heldout_windows(tokenizer, count=4)
+    windows = heldout_windows(tokenizer, count=4)
     with torch.no_grad():
         expected = model(torch.tensor(windows, dtype=torch.long)).logits.numpy()
     got = gpt2_float_logits(read_gpt2_weights(folder, cfg), cfg, windows)
