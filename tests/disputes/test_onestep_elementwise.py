@@ -22,6 +22,7 @@ from aivm_jax.disputes import (
     OPERAND_PARAM,
     OPERAND_VALUE,
     attrs_words,
+    pack_row,
     read_rows,
     step_descriptor,
     step_struct,
@@ -479,7 +480,7 @@ def test_other_ops_revert_unsupported(ex):
     for call in (
         lambda: ex.outputShape(other, shapes),
         lambda: ex.reads(other, shapes, 0),
-        lambda: ex.execute(other, shapes, 0, [[0, 0, 0]]),
+        lambda: ex.execute(other, shapes, 0, [bytes(3)]),
     ):
         with reverts("UnsupportedOp"):
             call()
@@ -505,9 +506,16 @@ def test_bad_rows_and_elements_out_of_range(ex):
         assert ex.execute(step, shapes, element, rows) == int(
             _expected(op, operands, kinds, attrs).reshape(-1)[element]
         )
-        wrong = [rows[:-1], [*rows, rows[0]], [rows[0][:-1], *rows[1:]], [rows[0] + [0], *rows[1:]]]
+        size_of = [step[1][k][2] // 8 for k, _, _ in plan]  # bytes per element of each row
+        wrong = [
+            rows[:-1],
+            [*rows, rows[0]],
+            [rows[0][: -size_of[0]], *rows[1:]],  # one element short
+            [rows[0] + bytes(size_of[0]), *rows[1:]],  # one element long
+        ]
         if len(rows) > 1:
-            wrong.append([*rows[:-1], rows[-1][:-1]])
+            wrong.append([*rows[:-1], rows[-1][: -size_of[-1]]])
+            wrong.append([*rows[:-1], rows[-1] + b"\x01"])  # a byte more: an int32 row not whole
         for bad in wrong:
             with reverts("BadRows"):
                 ex.execute(step, shapes, element, bad)
@@ -523,9 +531,19 @@ def test_table_refuses_a_non_int8_input(ex):
     x = np.array([[3]], np.int8)
     values = np.arange(256, dtype=np.int32)
     step = _step("table", [x, values], [VALUE, PARAM], {})
+    shapes = [[1, 1], [256]]
+    entries = pack_row(values, "int32")
+    assert ex.execute(step, shapes, 0, [pack_row([-128], "int8"), entries]) == 0
+    assert ex.execute(step, shapes, 0, [pack_row([127], "int8"), entries]) == 255
+    # A packed int8 cannot be 128; a descriptor that declares the input int32 (the opset
+    # refuses one) must still never index past the 256 entries.
+    op, operands, *rest = step
+    wide = (op, [(*operands[0][:2], 32, operands[0][3]), operands[1]], *rest)
     with reverts("NotInt8"):
-        ex.execute(step, [[1, 1], [256]], 0, [[128], values.tolist()])
-    assert ex.execute(step, [[1, 1], [256]], 0, [[-128], values.tolist()]) == 0
+        ex.execute(wide, shapes, 0, [pack_row([128], "int32"), entries])
+    with reverts("NotInt8"):
+        ex.execute(wide, shapes, 0, [pack_row([-129], "int32"), entries])
+    assert ex.execute(wide, shapes, 0, [pack_row([-128], "int32"), entries]) == 0
 
 
 def test_shapes_that_do_not_fit_revert_bad_operands(ex):

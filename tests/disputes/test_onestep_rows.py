@@ -383,7 +383,7 @@ def test_other_ops_revert_unsupported_op(rows):
     for call in (
         rows.functions.outputShape(step, shapes).call,
         rows.functions.reads(step, shapes, 0).call,
-        rows.functions.execute(step, shapes, 0, [[0] * 4, [0] * 4]).call,
+        rows.functions.execute(step, shapes, 0, [bytes(4), bytes(4)]).call,
     ):
         assert _reverts(call, "UnsupportedOp") == (tag("matmul"),)
 
@@ -400,7 +400,7 @@ def test_elements_past_the_output_revert(rows):
                 element,
                 size,
             )
-            call = rows.functions.execute(step, shapes, element, [[0]]).call
+            call = rows.functions.execute(step, shapes, element, [bytes(4)]).call
             assert _reverts(call, "ElementOutOfRange") == (element, size)
 
 
@@ -415,14 +415,19 @@ def test_wrong_rows_revert_bad_rows(rows):
     ]
     for step, operands, element in cases:
         shapes = _shapes(operands)
-        good = read_rows(operands, rows.functions.reads(step, shapes, element).call())
+        wanted = rows.functions.reads(step, shapes, element).call()
+        good = read_rows(operands, wanted)
         rows.functions.execute(step, shapes, element, good).call()  # the right rows pass
+        size = [step[1][k][2] // 8 for k, _, _ in wanted]  # bytes per element of each row
         bad = [
             good[:-1],
             [*good, good[-1]],
             [],
+            # one element short or long, one byte short or long (an int32 row not whole)
+            *([*good[:i], good[i][: -size[i]], *good[i + 1 :]] for i in range(len(good))),
+            *([*good[:i], good[i] + bytes(size[i]), *good[i + 1 :]] for i in range(len(good))),
             *([*good[:i], good[i][:-1], *good[i + 1 :]] for i in range(len(good))),
-            *([*good[:i], [*good[i], 0], *good[i + 1 :]] for i in range(len(good))),
+            *([*good[:i], good[i] + b"\x00", *good[i + 1 :]] for i in range(len(good))),
         ]
         for wrong in bad:
             _reverts(rows.functions.execute(step, shapes, element, wrong).call, "BadRows")
