@@ -685,6 +685,23 @@ def _dynamic_feeds(program, length, seed=0):
     return feeds
 
 
+@pytest.mark.slow  # py-evm takes seconds for a 30,522-byte row
+def test_gas_of_a_gather_on_minilm_vocabulary(ex):
+    """A gather reads one column of the (30522, 384) int8 word table: 30,522 packed bytes, one
+    entry decoded (as int256 words the call cost over 10M gas)."""
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 30522, (256,)).astype(np.int32)
+    table = rng.integers(-128, 128, (30522, 384)).astype(np.int8)
+    step = _step("gather", [ids, table], [VALUE, PARAM], {})
+    shapes = [[256], [30522, 384]]
+    element = 256 * 384 - 1
+    plan, got = _one(ex, step, [ids, table], shapes, element)
+    assert got == int(table[ids[-1], 383])
+    rows = read_rows([ids, table], plan)
+    assert len(rows[1]) == 30522
+    assert ex.contract.functions.execute(step, shapes, element, rows).estimate_gas() < 1_000_000
+
+
 @pytest.mark.slow
 def test_zoo_minilm(ex, minilm):
     # The reference engine: JAX's compile of the whole encoder takes minutes on a busy machine,

@@ -863,6 +863,24 @@ def char_gpt_program(built_zoo):
 # engines bit-identical.
 
 
+@pytest.mark.slow  # py-evm takes seconds at this size
+def test_gas_of_minilm_ffn_matmul(linear):
+    """MiniLM's FFN down projection, K = 1536: two packed int8 rows of 1,536 bytes (as int256
+    words the call cost 1.2M gas)."""
+    _, contract = linear
+    rng = np.random.default_rng(12)
+    x = _values(rng, (256, 1536), "int8")
+    w = _values(rng, (1536, 384), "int8")
+    step = _step(
+        "matmul", [(VALUE, 0, "int8", [256, 1536]), (PARAM, 0, "int8", [1536, 384])], "int32", [256, 384]
+    )
+    element = 256 * 384 - 1
+    got, wanted = _run(contract, step, [x, w], element)
+    assert got == int(reference.matmul(x[None], w)[0].reshape(-1)[element])
+    rows = read_rows([x, w], wanted)
+    assert contract.functions.execute(step, _shapes([x, w]), element, rows).estimate_gas() < 600_000
+
+
 @pytest.mark.slow
 def test_the_minilm_steps(linear, minilm_program):
     """12 tokens of 256, the second row with its last four masked."""
