@@ -34,7 +34,7 @@ from aivm_jax.disputes._model import (
 )
 from aivm_jax.disputes._opening import Opening
 from aivm_jax.disputes._provider import GameState, Outcome, Phase, TraceProvider, divergence, proof_to_level
-from aivm_jax.disputes._rows import read_row, read_rows, step_struct
+from aivm_jax.disputes._rows import pack_row, read_row, read_rows, step_struct
 from aivm_jax.disputes._trace import RowTrace, Trace, commit_values, step_leaf_payload, step_values, trace
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "merkle_proof",
     "merkle_root",
     "process_proof",
+    "pack_row",
     "read_row",
     "read_rows",
     "rows_per_slice",

@@ -373,7 +373,8 @@ contract DisputeGame {
         Read[] memory reads = executor.reads(step, shapes, g.element);
         if (which.length != reads.length) revert BadArguments();
         bool[] memory checked = new bool[](slices.length);
-        int256[][] memory rows = new int256[][](reads.length);
+        uint256[] memory starts = new uint256[](reads.length);
+        uint256[] memory lengths = new uint256[](reads.length);
         for (uint256 r = 0; r < reads.length; ++r) {
             uint256 s = which[r];
             if (s >= slices.length) revert BadArguments();
@@ -381,9 +382,9 @@ contract DisputeGame {
                 _checkOperandSlice(g, step, roots, slices[s]);
                 checked[s] = true;
             }
-            rows[r] = _row(step, shapes, reads[r], slices[s]);
+            (starts[r], lengths[r]) = _row(step, shapes, reads[r], slices[s]);
         }
-        int256 value = executor.execute(step, shapes, g.element, rows);
+        int256 value = _execute(executor, step, shapes, g.element, starts, lengths);
         _end(g, id, _judge(value == g.valueD, value == g.valueC), gasStart);
     }
 
@@ -657,11 +658,13 @@ contract DisputeGame {
         if (!MerkleProof.verify(slice.proof, root, leaf)) revert BadProof();
     }
 
-    /// The values of `read`, cut from `slice` (which must be the slice that holds it).
+    /// Where the packed canonical bytes of `read` lie in this call's calldata: `length` bytes
+    /// from `start`, inside `slice` (which must be the slice that holds the row). Nothing is
+    /// decoded: the executor decodes the elements it uses.
     function _row(Step memory step, uint256[][] memory shapes, Read memory read, SliceOpening calldata slice)
         internal
         pure
-        returns (int256[] memory values)
+        returns (uint256 start, uint256 length)
     {
         if (read.operand != slice.operand || read.column != slice.column) revert OperandMismatch(read.operand);
         uint256[] memory shape = shapes[read.operand];
@@ -674,10 +677,60 @@ contract DisputeGame {
         if (slice.j != read.index / r) revert OperandMismatch(read.operand);
         uint256 offset = (read.index % r) * rowBytes;
         if (slice.data.length < offset + rowBytes) revert BadArguments();
-        bytes memory data = slice.data[offset:offset + rowBytes];
-        values = new int256[](d);
-        for (uint256 e = 0; e < d; ++e) {
-            values[e] = _decode(data, e * itemsize, dtype);
+        bytes calldata data = slice.data;
+        assembly ("memory-safe") {
+            start := add(data.offset, offset)
         }
+        length = rowBytes;
+    }
+
+    /// `executor.execute(step, shapes, element, rows)` where row i is the `lengths[i]` calldata
+    /// bytes from `starts[i]`. The rows are copied once, straight from this call's calldata into
+    /// the arguments of the STATICCALL (an ABI-encoded `bytes[]` built in place), instead of
+    /// into a memory `bytes[]` and then again by the ABI encoder: memory grows by the rows'
+    /// bytes once (its cost is quadratic). A revert of the executor is passed on as it is.
+    function _execute(
+        IOneStep executor,
+        Step memory step,
+        uint256[][] memory shapes,
+        uint256 element,
+        uint256[] memory starts,
+        uint256[] memory lengths
+    ) internal view returns (int256) {
+        // The arguments with an empty `rows`: `rows` is the last tail, its one word (the count 0)
+        // ends the encoding. That word is replaced by the rows' encoding.
+        bytes memory head = abi.encodeCall(IOneStep.execute, (step, shapes, element, new bytes[](0)));
+        uint256 n = starts.length;
+        uint256 size = head.length + 32 * n; // the head, the count, one offset per row
+        for (uint256 i = 0; i < n; ++i) {
+            size += 32 + ((lengths[i] + 31) & ~uint256(31)); // each row: its length, its bytes padded
+        }
+        bytes memory data = new bytes(size); // zeroed: the padding stays zero
+        assembly ("memory-safe") {
+            let src := add(head, 0x20)
+            let dst := add(data, 0x20)
+            let headBytes := sub(mload(head), 0x20)
+            // Whole words: the last may run past headBytes, into the count written next.
+            for { let k := 0 } lt(k, headBytes) { k := add(k, 0x20) } { mstore(add(dst, k), mload(add(src, k))) }
+            let array := add(dst, headBytes)
+            mstore(array, n)
+            let base := add(array, 0x20) // offsets count from the first offset word
+            let at := mul(n, 0x20)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                let length := mload(add(lengths, mul(add(i, 1), 0x20)))
+                mstore(add(base, mul(i, 0x20)), at)
+                mstore(add(base, at), length)
+                calldatacopy(add(add(base, at), 0x20), mload(add(starts, mul(add(i, 1), 0x20))), length)
+                at := add(at, add(0x20, and(add(length, 31), not(31))))
+            }
+        }
+        (bool ok, bytes memory result) = address(executor).staticcall(data);
+        if (!ok) {
+            assembly ("memory-safe") {
+                revert(add(result, 0x20), mload(result))
+            }
+        }
+        if (result.length != 32) revert NoExecutor(step.op);
+        return abi.decode(result, (int256));
     }
 }

@@ -19,7 +19,11 @@ pragma solidity ^0.8.24;
 ///   flattened in C order.
 /// - `element` is the C-order flat index into the output row, of shape
 ///   `outputShape(step, shapes)`.
-/// - Values are int256 holding an int8 or int32 value (sign-extended).
+/// - A row is handed over as its **packed canonical bytes** (docs/spec/commitments.md): int8
+///   one byte per element, int32 four bytes little-endian two's complement, the elements in
+///   order: exactly the bytes the slice that holds the row holds, cut by the game without
+///   decoding. An executor decodes only the elements it uses (`Packed.at`), each to an int256
+///   holding its int8 or int32 value (sign-extended), with the operand's dtype from the step.
 
 /// An operand of a step, as its step descriptor lists it: kind 0 = a trace value (`index` =
 /// its step), kind 1 = a parameter (`index` = its position among the sorted names); `dtype`
@@ -66,9 +70,10 @@ interface IOneStep {
         pure
         returns (Read[] memory);
 
-    /// Output element `element`, given `rows[i]` = the values of `reads(...)[i]`
-    /// (reverts `BadRows` where a row has the wrong length or count).
-    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    /// Output element `element`, given `rows[i]` = the packed canonical bytes of the row
+    /// `reads(...)[i]` names, in its operand's dtype (reverts `BadRows` where a row has the
+    /// wrong byte length or the rows the wrong count).
+    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         external
         pure
         returns (int256);
@@ -166,5 +171,42 @@ library Ints {
     function floorDiv(int256 a, int256 b) internal pure returns (int256 q) {
         q = a / b;
         if (a % b != 0 && (a < 0) != (b < 0)) q -= 1;
+    }
+}
+
+/// Rows as executors take them: packed canonical bytes (int8: one byte per element; int32:
+/// four bytes little-endian, two's complement), read element by element from calldata.
+library Packed {
+    /// Bytes per element of dtype code `dtype` (8: int8, 32: int32); reverts `BadOperands`
+    /// for any other code.
+    function itemsize(uint256 dtype) internal pure returns (uint256) {
+        if (dtype == 8) return 1;
+        if (dtype == 32) return 4;
+        revert BadOperands();
+    }
+
+    /// The number of elements of `row` in dtype `dtype`; reverts `BadRows` unless its byte
+    /// length is a whole number of elements.
+    function length(bytes calldata row, uint256 dtype) internal pure returns (uint256) {
+        uint256 size = itemsize(dtype);
+        if (row.length % size != 0) revert BadRows();
+        return row.length / size;
+    }
+
+    /// Element `k` of `row` in dtype `dtype`, sign-extended to int256; reverts `BadRows` past
+    /// the row's last whole element.
+    function at(bytes calldata row, uint256 dtype, uint256 k) internal pure returns (int256 value) {
+        uint256 size = itemsize(dtype);
+        if (k >= row.length / size) revert BadRows();
+        assembly ("memory-safe") {
+            // The element's bytes lead the loaded word (k * size + size <= row.length).
+            let word := calldataload(add(row.offset, mul(k, size)))
+            switch size
+            case 1 { value := signextend(0, byte(0, word)) }
+            default {
+                // little-endian: byte 0 is the least significant
+                value := signextend(3, or(or(byte(0, word), shl(8, byte(1, word))), or(shl(16, byte(2, word)), shl(24, byte(3, word)))))
+            }
+        }
     }
 }

@@ -35,6 +35,10 @@ import "./OneStep.sol";
 ///   `concat` (value operands, equal shapes off `axis`, joined along it): a copy of one operand
 ///   element, found by C-order index arithmetic; reads the one row that holds it.
 ///
+/// Rows are packed canonical bytes (OneStep.sol, `Packed`); an executor decodes only the
+/// elements it uses, in their operand's dtype (the step's): one per read row, the table
+/// column's one entry for `gather`, the whole row for an `argmax` along the last axis.
+///
 /// No op of this family wraps or saturates: every output is one of the operand values, an
 /// index, or a window mean of int8 values (|2 * S + n| < 2**26 for the opset's at most 2**16
 /// window elements, far inside int256 and int8's range after the division). Sums use checked
@@ -93,47 +97,52 @@ contract OneStepElementwise is IOneStep {
     }
 
     /// @inheritdoc IOneStep
-    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         external
         pure
         returns (int256)
     {
         (Read[] memory plan, uint256 col) = _plan(step, shapes, element);
-        _checkRows(plan, shapes, rows);
+        _checkRows(plan, step, shapes, rows);
         bytes32 op = step.op;
         if (op == IOTA) return int256(col);
+        // Every other op reads one or more rows, all of one operand but for table and gather's
+        // second read (their parameter).
+        uint256 dtype = step.operands[plan[0].operand].dtype;
         if (op == RELU) {
-            int256 x = rows[0][col];
+            int256 x = Packed.at(rows[0], dtype, col);
             return x > 0 ? x : int256(0);
         }
         if (op == TABLE) {
-            int256 x = rows[0][col];
+            int256 x = Packed.at(rows[0], dtype, col);
             if (x < -128 || x > 127) revert NotInt8(x);
-            return rows[1][uint256(x + 128)];
+            return Packed.at(rows[1], step.operands[1].dtype, uint256(x + 128));
         }
         if (op == GATHER) {
-            int256 id = rows[0][col];
-            uint256 v = rows[1].length; // the table column: V >= 1 entries (checked above)
+            int256 id = Packed.at(rows[0], dtype, col);
+            uint256 tableDtype = step.operands[1].dtype;
+            uint256 v = Packed.length(rows[1], tableDtype); // the table column: V >= 1 entries (checked above)
             uint256 at = id < 0 ? 0 : (uint256(id) >= v ? v - 1 : uint256(id));
-            return rows[1][at];
+            return Packed.at(rows[1], tableDtype, at);
         }
-        if (op == ARGMAX) return _argmax(rows, col);
+        if (op == ARGMAX) return _argmax(rows, dtype, col);
         if (op == MAX_POOL) {
-            int256 best = rows[0][col];
+            int256 best = Packed.at(rows[0], dtype, col);
             for (uint256 k = 1; k < rows.length; ++k) {
-                if (rows[k][col] > best) best = rows[k][col];
+                int256 v = Packed.at(rows[k], dtype, col);
+                if (v > best) best = v;
             }
             return best;
         }
         if (op == AVG_POOL) {
             int256 total = 0;
             for (uint256 k = 0; k < rows.length; ++k) {
-                total += rows[k][col];
+                total += Packed.at(rows[k], dtype, col);
             }
             int256 n = int256(rows.length); // >= 1: every window holds an in-bounds position
             return Ints.floorDiv(2 * total + n, 2 * n);
         }
-        return rows[0][col]; // reshape, flatten, transpose, concat: a copy
+        return Packed.at(rows[0], dtype, col); // reshape, flatten, transpose, concat: a copy
     }
 
     // ------------------------------------------------------------------ shapes
@@ -439,33 +448,42 @@ contract OneStepElementwise is IOneStep {
         }
     }
 
-    /// argmax over the reduced line: `rows[0]` (WHOLE_ROW) or `rows[k][col]`; the first
-    /// maximum wins (a later value must be strictly greater).
-    function _argmax(int256[][] calldata rows, uint256 col) private pure returns (int256) {
+    /// argmax over the reduced line: `rows[0]` (WHOLE_ROW) or element `col` of each row, in
+    /// dtype `dtype`; the first maximum wins (a later value must be strictly greater).
+    function _argmax(bytes[] calldata rows, uint256 dtype, uint256 col) private pure returns (int256) {
         uint256 best = 0;
         if (col == WHOLE_ROW) {
-            int256[] calldata line = rows[0];
-            int256 top = line[0];
-            for (uint256 k = 1; k < line.length; ++k) {
-                if (line[k] > top) (top, best) = (line[k], k);
+            bytes calldata line = rows[0];
+            uint256 n = Packed.length(line, dtype);
+            int256 top = Packed.at(line, dtype, 0);
+            for (uint256 k = 1; k < n; ++k) {
+                int256 v = Packed.at(line, dtype, k);
+                if (v > top) (top, best) = (v, k);
             }
         } else {
-            int256 top = rows[0][col];
+            int256 top = Packed.at(rows[0], dtype, col);
             for (uint256 k = 1; k < rows.length; ++k) {
-                if (rows[k][col] > top) (top, best) = (rows[k][col], k);
+                int256 v = Packed.at(rows[k], dtype, col);
+                if (v > top) (top, best) = (v, k);
             }
         }
         return int256(best);
     }
 
-    /// Reverts `BadRows` unless `rows` holds one row per read of the expected length:
-    /// the operand's last axis (1 for rank 0), or a column's `size / D`.
-    function _checkRows(Read[] memory plan, uint256[][] calldata shapes, int256[][] calldata rows) private pure {
+    /// Reverts `BadRows` unless `rows` holds one row per read, each of the expected length in
+    /// its operand's dtype: the operand's last axis (1 for rank 0), or a column's `size / D`.
+    function _checkRows(Read[] memory plan, Step calldata step, uint256[][] calldata shapes, bytes[] calldata rows)
+        private
+        pure
+    {
         if (rows.length != plan.length) revert BadRows();
         for (uint256 i = 0; i < plan.length; ++i) {
-            uint256[] calldata shape = shapes[plan[i].operand];
+            uint256 k = plan[i].operand;
+            uint256[] calldata shape = shapes[k];
             uint256 d = shape.length == 0 ? 1 : shape[shape.length - 1];
-            if (rows[i].length != (plan[i].column ? _size(shape) / d : d)) revert BadRows();
+            if (Packed.length(rows[i], step.operands[k].dtype) != (plan[i].column ? _size(shape) / d : d)) {
+                revert BadRows();
+            }
         }
     }
 

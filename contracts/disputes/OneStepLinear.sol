@@ -29,6 +29,9 @@ import "./OneStep.sol";
 ///   attribute `out_dtype`: `z = saturate(floor((x * Mx + y * My + 2**(s-1)) / 2**s))`, exact,
 ///   rounded half up as `requantize`.
 ///
+/// Rows are packed canonical bytes (OneStep.sol, `Packed`), decoded element by element in
+/// their operand's dtype (the step's), so every value is an int8 or int32.
+///
 /// Arithmetic: every sum is taken in int256. The wrapped ops (products, `bias_add`) use only
 /// the sum modulo 2**32, which is the same whether or not an int256 sum wraps (2**32 divides
 /// 2**256), so their loops run unchecked (the dot products in assembly, `_dot`); with int32
@@ -106,7 +109,7 @@ contract OneStepLinear is IOneStep {
     }
 
     /// @inheritdoc IOneStep
-    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         external
         pure
         returns (int256)
@@ -115,10 +118,10 @@ contract OneStepLinear is IOneStep {
         // slither-disable-next-line unused-return -- Shapes.check is called for its revert past the output
         Shapes.check(element, out);
         bytes32 op = step.op;
-        if (op == MATMUL) return _matmul(shapes, rows);
-        if (op == BATCH_MATMUL) return _batchMatmul(shapes, out, element, rows);
+        if (op == MATMUL) return _matmul(step, shapes, rows);
+        if (op == BATCH_MATMUL) return _batchMatmul(step, shapes, out, element, rows);
         if (op == CONV2D) return _conv2d(step, shapes, out, element, rows);
-        if (op == BIAS_ADD) return _biasAdd(shapes, element, rows);
+        if (op == BIAS_ADD) return _biasAdd(step, shapes, element, rows);
         if (op == REQUANTIZE) return _requantize(step, shapes, element, rows);
         return _add(step, shapes, element, rows);
     }
@@ -248,52 +251,71 @@ contract OneStepLinear is IOneStep {
     // ------------------------------------------------------------------ products
 
     /// `wrap32(sum_k x[k] * w[k])` over x's row and W's column.
-    function _matmul(uint256[][] calldata shapes, int256[][] calldata rows) private pure returns (int256) {
+    function _matmul(Step calldata step, uint256[][] calldata shapes, bytes[] calldata rows)
+        private
+        pure
+        returns (int256)
+    {
         uint256 k = shapes[1][0];
-        if (rows.length != 2 || rows[0].length != k || rows[1].length != k) revert BadRows();
-        return Ints.wrap32(_dot(rows[0], rows[1], 0, k));
+        uint256 dx = step.operands[0].dtype;
+        uint256 dw = step.operands[1].dtype;
+        if (rows.length != 2 || Packed.length(rows[0], dx) != k || Packed.length(rows[1], dw) != k) revert BadRows();
+        return Ints.wrap32(_dot(rows[0], dx, 0, rows[1], dw, 0, k));
     }
 
-    /// `sum_i a[i] * b[offset + i]` for i < n, with the EVM's wrapping MUL and ADD. Only the sum
-    /// modulo 2**32 is used, and 2**32 divides 2**256, so a wrap in int256 would not change it
-    /// (with int32 values none happens: |sum| <= n * 2**62). Reading calldata word by word
-    /// avoids the per-element index checks; callers check `a.length >= n` and
-    /// `b.length >= offset + n`.
-    function _dot(int256[] calldata a, int256[] calldata b, uint256 offset, uint256 n)
+    /// `sum_i a[ia + i] * b[ib + i]` for i < n over packed rows of dtypes `da` and `db`, with the
+    /// EVM's wrapping MUL and ADD. Only the sum modulo 2**32 is used, and 2**32 divides 2**256,
+    /// so a wrap in int256 would not change it (with int8/int32 values none happens: |sum| <=
+    /// n * 2**62). Decoding calldata in place avoids the per-element checks of `Packed.at`;
+    /// callers check that both rows hold whole elements of their dtype, `ia + n` elements
+    /// of `a` and `ib + n` of `b`.
+    function _dot(bytes calldata a, uint256 da, uint256 ia, bytes calldata b, uint256 db, uint256 ib, uint256 n)
         private
         pure
         returns (int256 acc)
     {
+        uint256 sa = Packed.itemsize(da);
+        uint256 sb = Packed.itemsize(db);
         assembly ("memory-safe") {
-            let pa := a.offset
-            let pb := add(b.offset, mul(offset, 0x20))
-            for { let end := add(pa, mul(n, 0x20)) } lt(pa, end) {} {
-                acc := add(acc, mul(calldataload(pa), calldataload(pb)))
-                pa := add(pa, 0x20)
-                pb := add(pb, 0x20)
+            // The element at calldata `p`, `size` (1 or 4) bytes little-endian, sign-extended.
+            function load(p, size) -> v {
+                let w := calldataload(p)
+                switch size
+                case 1 { v := signextend(0, byte(0, w)) }
+                default { v := signextend(3, or(or(byte(0, w), shl(8, byte(1, w))), or(shl(16, byte(2, w)), shl(24, byte(3, w))))) }
+            }
+            let pa := add(a.offset, mul(ia, sa))
+            let pb := add(b.offset, mul(ib, sb))
+            for { let end := add(pa, mul(n, sa)) } lt(pa, end) {} {
+                acc := add(acc, mul(load(pa, sa), load(pb, sb)))
+                pa := add(pa, sa)
+                pb := add(pb, sb)
             }
         }
     }
 
-    /// `wrap32(sum_k a[.., m, k] * b[.., k, n])` over a's row and b's K rows.
+    /// `wrap32(sum_k a[.., m, k] * b[.., k, n])` over a's row and b's K rows (element n of each).
     function _batchMatmul(
+        Step calldata step,
         uint256[][] calldata shapes,
         uint256[] memory out,
         uint256 element,
-        int256[][] calldata rows
+        bytes[] calldata rows
     ) private pure returns (int256) {
         uint256 k = shapes[0][shapes[0].length - 1];
         uint256 nn = out[out.length - 1];
         uint256 n = element % nn;
-        if (rows.length != k + 1 || rows[0].length != k) revert BadRows();
-        int256[] calldata a = rows[0];
+        uint256 da = step.operands[0].dtype;
+        uint256 db = step.operands[1].dtype;
+        if (rows.length != k + 1 || Packed.length(rows[0], da) != k) revert BadRows();
+        bytes calldata a = rows[0];
         int256 acc = 0;
-        unchecked {
-            // Unchecked: see `_dot`; i + 1 <= k < 2**32.
-            for (uint256 i = 0; i < k; ++i) {
-                int256[] calldata b = rows[i + 1];
-                if (b.length != nn) revert BadRows();
-                acc += a[i] * b[n];
+        for (uint256 i = 0; i < k; ++i) {
+            bytes calldata b = rows[i + 1];
+            if (Packed.length(b, db) != nn) revert BadRows();
+            unchecked {
+                // Unchecked: see `_dot` (int32 products never wrap int256 in 2**32 terms).
+                acc += Packed.at(a, da, i) * Packed.at(b, db, n);
             }
         }
         return Ints.wrap32(acc);
@@ -362,23 +384,27 @@ contract OneStepLinear is IOneStep {
         uint256[][] calldata shapes,
         uint256[] memory out,
         uint256 element,
-        int256[][] calldata rows
+        bytes[] calldata rows
     ) private pure returns (int256) {
         Field memory f = _field(step, shapes, out, element);
         uint256[] calldata w = shapes[1];
         uint256 c = w[2];
         uint256 kw = w[1];
-        if (rows.length != 1 + (f.p1 - f.p0) * (f.q1 - f.q0) || rows[0].length != w[0] * kw * c) revert BadRows();
-        int256[] calldata column = rows[0];
+        uint256 dx = step.operands[0].dtype;
+        uint256 dw = step.operands[1].dtype;
+        if (rows.length != 1 + (f.p1 - f.p0) * (f.q1 - f.q0) || Packed.length(rows[0], dw) != w[0] * kw * c) {
+            revert BadRows();
+        }
+        bytes calldata column = rows[0];
         int256 acc = 0;
         uint256 at = 1;
         unchecked {
             // Unchecked: see `_dot`; (p * kw + q + 1) * c <= KH * KW * C, the column's checked length.
             for (uint256 p = f.p0; p < f.p1; ++p) {
                 for (uint256 q = f.q0; q < f.q1; ++q) {
-                    int256[] calldata pixel = rows[at++];
-                    if (pixel.length != c) revert BadRows();
-                    acc += _dot(pixel, column, (p * kw + q) * c, c);
+                    bytes calldata pixel = rows[at++];
+                    if (Packed.length(pixel, dx) != c) revert BadRows();
+                    acc += _dot(pixel, dx, 0, column, dw, (p * kw + q) * c, c);
                 }
             }
         }
@@ -388,54 +414,68 @@ contract OneStepLinear is IOneStep {
     // ------------------------------------------------------------------ elementwise rescales
 
     /// `wrap32(x[n] + b[n])`.
-    function _biasAdd(uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function _biasAdd(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
         uint256 d = shapes[1][0];
-        if (rows.length != 2 || rows[0].length != d || rows[1].length != d) revert BadRows();
+        uint256 dx = step.operands[0].dtype;
+        uint256 db = step.operands[1].dtype;
+        if (rows.length != 2 || Packed.length(rows[0], dx) != d || Packed.length(rows[1], db) != d) revert BadRows();
         uint256 n = element % d;
-        return Ints.wrap32(rows[0][n] + rows[1][n]);
+        return Ints.wrap32(Packed.at(rows[0], dx, n) + Packed.at(rows[1], db, n));
     }
 
     /// `saturate(floor((x * M + 2**(s-1)) / 2**s))` (no rounding term for s = 0).
-    function _requantize(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function _requantize(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
         uint256 d = Shapes.rowLength(shapes[0]);
         uint256 p = Shapes.size(shapes[1]);
-        if (rows.length != 3 || rows[0].length != d || rows[1].length != p || rows[2].length != p) revert BadRows();
+        if (rows.length != 3 || Packed.length(rows[0], _dtype(step, 0)) != d) revert BadRows();
+        if (Packed.length(rows[1], _dtype(step, 1)) != p || Packed.length(rows[2], _dtype(step, 2)) != p) revert BadRows();
         uint256 n = element % d;
         uint256 c = shapes[1].length == 0 ? 0 : n;
-        return _rescale(rows[0][n] * rows[1][c], rows[2][c], _outDtype(step));
+        int256 x = Packed.at(rows[0], _dtype(step, 0), n);
+        return _rescale(x * Packed.at(rows[1], _dtype(step, 1), c), Packed.at(rows[2], _dtype(step, 2), c), _outDtype(step));
     }
 
     /// `saturate(floor((x * Mx + y * My + 2**(s-1)) / 2**s))` (no rounding term for s = 0).
-    function _add(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function _add(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
         uint256 d = Shapes.rowLength(shapes[0]);
-        if (rows.length != 5 || rows[0].length != d || rows[1].length != d) revert BadRows();
+        uint256 dx = _dtype(step, 0);
+        uint256 dy = _dtype(step, 1);
+        if (rows.length != 5 || Packed.length(rows[0], dx) != d || Packed.length(rows[1], dy) != d) revert BadRows();
         uint256 n = element % d;
-        int256 total = rows[0][n] * _param(shapes, rows, 2, n) + rows[1][n] * _param(shapes, rows, 3, n);
-        return _rescale(total, _param(shapes, rows, 4, n), _outDtype(step));
+        int256 total = Packed.at(rows[0], dx, n) * _param(step, shapes, rows, 2, n)
+            + Packed.at(rows[1], dy, n) * _param(step, shapes, rows, 3, n);
+        return _rescale(total, _param(step, shapes, rows, 4, n), _outDtype(step));
     }
 
     /// Parameter k's value for channel n: its one element (shape ()) or element n (shape (N,)).
-    function _param(uint256[][] calldata shapes, int256[][] calldata rows, uint256 k, uint256 n)
+    function _param(Step calldata step, uint256[][] calldata shapes, bytes[] calldata rows, uint256 k, uint256 n)
         private
         pure
         returns (int256)
     {
         bool perChannel = shapes[k].length != 0;
-        int256[] calldata row = rows[k];
-        if (row.length != (perChannel ? shapes[k][0] : 1)) revert BadRows();
-        return row[perChannel ? n : 0];
+        bytes calldata row = rows[k];
+        uint256 dtype = _dtype(step, k);
+        if (Packed.length(row, dtype) != (perChannel ? shapes[k][0] : 1)) revert BadRows();
+        return Packed.at(row, dtype, perChannel ? n : 0);
+    }
+
+    /// Operand k's dtype code, as the step's descriptor gives it (8 or 32; `Packed` refuses
+    /// any other).
+    function _dtype(Step calldata step, uint256 k) private pure returns (uint256) {
+        return step.operands[k].dtype;
     }
 
     /// `saturate(floor((total + 2**(s-1)) / 2**s), dtype)`; `>>` on int256 is floor division.

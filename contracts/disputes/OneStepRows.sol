@@ -24,10 +24,11 @@ import "./OneStep.sol";
 /// descriptor's, and the op's own rank and size rules. Attributes out of their canonical
 /// range revert `BadAttributes`.
 ///
-/// Arithmetic: int256 with Solidity's checked operations. Row values are int8/int32 (the game
-/// proves them against the trace and the model commitment); every intermediate below is
-/// bounded for such values far under 2^255 (bounds at each op). Values outside int32 may
-/// revert with a panic, never return a wrong element silently.
+/// Rows are packed canonical bytes (OneStep.sol, `Packed`): each element used is decoded from
+/// its operand's dtype, so every value is an int8 or int32 (the game proves the bytes against
+/// the trace and the model commitment). Arithmetic: int256 with Solidity's checked
+/// operations; every intermediate below is bounded for such values far under 2^255 (bounds
+/// at each op).
 contract OneStepRows is IOneStep {
     bytes32 private constant LAYER_NORM = "layer_norm";
     bytes32 private constant SOFTMAX = "softmax";
@@ -85,9 +86,10 @@ contract OneStepRows is IOneStep {
         }
     }
 
-    /// Output element `element` from `rows` (the values of `reads(step, shapes, element)`).
-    /// Reverts `ElementOutOfRange` past the output, `BadRows` on a wrong row count or length.
-    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    /// Output element `element` from `rows` (the packed bytes of `reads(step, shapes,
+    /// element)`). Reverts `ElementOutOfRange` past the output, `BadRows` on a wrong row count
+    /// or byte length.
+    function execute(Step calldata step, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         external
         pure
         returns (int256)
@@ -97,7 +99,7 @@ contract OneStepRows is IOneStep {
         bytes32 op = step.op;
         if (op == LAYER_NORM) return _layerNorm(step.attrs, shapes, element, rows);
         if (op == SOFTMAX) return _softmax(step.attrs, shapes, element, rows);
-        return _meanPool(shapes, element, rows);
+        return _meanPool(step.operands[0].dtype, shapes, element, rows);
     }
 
     /// The floor of the exact square root of `a`, for every uint256 (layer_norm's `isqrt`,
@@ -127,34 +129,36 @@ contract OneStepRows is IOneStep {
     /// y = floor((2 c_d gamma_d + r) / (2 r)) + beta_d (c gamma / r rounded half up, plus beta),
     /// saturated to int32. Bounds: |sum(v)| <= 2^37, |c| <= 2^25, sum(c^2) <= 2^63,
     /// |2 c gamma| <= 2^57: far from int256's limits.
-    function _layerNorm(int256[] calldata attrs, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function _layerNorm(int256[] calldata attrs, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
+        // x, gamma and beta are int32 (outputShape).
         uint256 d = Shapes.rowLength(shapes[0]);
-        if (rows.length != 3 || rows[0].length != d || rows[1].length != d || rows[2].length != d) {
+        if (rows.length != 3) revert BadRows();
+        bytes calldata x = rows[0];
+        if (Packed.length(x, 32) != d || Packed.length(rows[1], 32) != d || Packed.length(rows[2], 32) != d) {
             revert BadRows();
         }
-        int256[] calldata x = rows[0];
         int256 size = int256(d); // d <= 8192 (outputShape)
         int256 sum = 0;
         for (uint256 i = 0; i < d; ++i) {
-            sum += _clip(x[i]);
+            sum += _clip(Packed.at(x, 32, i));
         }
         int256 mean = Ints.floorDiv(sum, size);
         int256 squares = 0;
         for (uint256 i = 0; i < d; ++i) {
-            int256 c = _clip(x[i]) - mean;
+            int256 c = _clip(Packed.at(x, 32, i)) - mean;
             squares += c * c;
         }
         // squares >= 0, so Solidity's truncating division is the floor.
         uint256 root = isqrt(uint256(squares / size) + uint256(attrs[1]));
         if (root == 0) root = 1;
         uint256 column = element % d;
-        int256 centred = _clip(x[column]) - mean;
+        int256 centred = _clip(Packed.at(x, 32, column)) - mean;
         int256 r = int256(root); // root <= 2^32
-        int256 y = Ints.floorDiv(2 * centred * rows[1][column] + r, 2 * r) + rows[2][column];
+        int256 y = Ints.floorDiv(2 * centred * Packed.at(rows[1], 32, column) + r, 2 * r) + Packed.at(rows[2], 32, column);
         return Ints.saturate(y, 32);
     }
 
@@ -176,15 +180,17 @@ contract OneStepRows is IOneStep {
     /// Shifts of signed values are floors, as the reference's `//`. Bounds (int32 scores,
     /// table values in [0, 2^30] as the opset checks): m - x_t < 2^32, S <= Tk 2^30 < 2^57,
     /// e_j inv <= 2^62; even any int32 table keeps |e_j inv| < 2^94. p <= 2^out_bits fits int32.
-    function _softmax(int256[] calldata attrs, uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    function _softmax(int256[] calldata attrs, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
+        // x and the table are int32, the mask int8 (outputShape).
         uint256[] calldata shape = shapes[0];
         uint256 tk = shape[shape.length - 1];
         uint256 entries = shapes[2][0];
-        if (rows.length != 3 || rows[0].length != tk || rows[1].length != tk || rows[2].length != entries) {
+        if (rows.length != 3) revert BadRows();
+        if (Packed.length(rows[0], 32) != tk || Packed.length(rows[1], 8) != tk || Packed.length(rows[2], 32) != entries) {
             revert BadRows();
         }
         uint256 key = element % tk;
@@ -195,36 +201,40 @@ contract OneStepRows is IOneStep {
             uint256 reach = (element / tk) % tq + tk + 1; // i + Tk + 1
             limit = reach > tq ? reach - tq : 0;
         }
-        int256[] calldata x = rows[0];
-        int256[] calldata mask = rows[1];
+        bytes calldata x = rows[0];
+        bytes calldata mask = rows[1];
         bool any = false;
         int256 top = 0;
         for (uint256 t = 0; t < limit; ++t) {
-            if (mask[t] != 0 && (!any || x[t] > top)) {
-                top = x[t];
-                any = true;
+            if (Packed.at(mask, 8, t) != 0) {
+                int256 v = Packed.at(x, 32, t);
+                if (!any || v > top) {
+                    top = v;
+                    any = true;
+                }
             }
         }
         if (!any) return 0; // every key masked: S = 0
-        int256[] calldata table = rows[2];
+        bytes calldata table = rows[2];
         uint256 bits = _log2(entries);
         int256 total = 0;
         for (uint256 t = 0; t < limit; ++t) {
-            if (mask[t] != 0) total += _exp2(top - x[t], table, bits);
+            if (Packed.at(mask, 8, t) != 0) total += _exp2(top - Packed.at(x, 32, t), table, bits);
         }
         if (total <= 0) return 0;
-        if (key >= limit || mask[key] == 0) return 0; // e_j = 0: p = floor(2^(61-b) / 2^(62-b)) = 0
+        if (key >= limit || Packed.at(mask, 8, key) == 0) return 0; // e_j = 0: p = floor(2^(61-b) / 2^(62-b)) = 0
         uint256 outBits = uint256(attrs[3]);
         int256 inverse = 2 ** 62 / total; // total > 0: truncation is the floor
         // slither-disable-next-line divide-before-multiply -- the reference's one reciprocal per row, on purpose
-        return (_exp2(top - x[key], table, bits) * inverse + int256(1 << (61 - outBits))) >> (62 - outBits);
+        return (_exp2(top - Packed.at(x, 32, key), table, bits) * inverse + int256(1 << (61 - outBits))) >> (62 - outBits);
     }
 
-    /// table[d mod 2^bits] >> min(d div 2^bits, 31) for a distance d >= 0.
-    function _exp2(int256 distance, int256[] calldata table, uint256 bits) private pure returns (int256) {
+    /// table[d mod 2^bits] >> min(d div 2^bits, 31) for a distance d >= 0 (the table: 2^bits
+    /// packed int32 entries).
+    function _exp2(int256 distance, bytes calldata table, uint256 bits) private pure returns (int256) {
         uint256 d = uint256(distance);
         uint256 whole = d >> bits;
-        return table[d & ((uint256(1) << bits) - 1)] >> (whole > 31 ? 31 : whole);
+        return Packed.at(table, 32, d & ((uint256(1) << bits) - 1)) >> (whole > 31 ? 31 : whole);
     }
 
     // ------------------------------------------------------------------------------- mean_pool
@@ -232,22 +242,23 @@ contract OneStepRows is IOneStep {
     /// `mean_pool` of a (T, D) row, element d: with S = sum of x[t, d] over the t where
     /// mask_t != 0 and n their count, y = floor((2 S + n) / (2 n)) (the mean rounded half up),
     /// y = 0 when n = 0. |S| <= T 2^31 <= 2^57; y lies in int32's range (a mean of int32s).
-    function _meanPool(uint256[][] calldata shapes, uint256 element, int256[][] calldata rows)
+    /// Only element `element` of each of the T rows is decoded (`dtype`: x's, 8 or 32).
+    function _meanPool(uint256 dtype, uint256[][] calldata shapes, uint256 element, bytes[] calldata rows)
         private
         pure
         returns (int256)
     {
         uint256 t = shapes[0][0];
         uint256 d = shapes[0][1];
-        if (rows.length != t + 1 || rows[t].length != t) revert BadRows();
-        int256[] calldata mask = rows[t];
+        if (rows.length != t + 1 || Packed.length(rows[t], 8) != t) revert BadRows();
+        bytes calldata mask = rows[t];
         int256 sum = 0;
         int256 count = 0;
         for (uint256 i = 0; i < t; ++i) {
-            int256[] calldata row = rows[i];
-            if (row.length != d) revert BadRows();
-            if (mask[i] != 0) {
-                sum += row[element];
+            bytes calldata row = rows[i];
+            if (Packed.length(row, dtype) != d) revert BadRows();
+            if (Packed.at(mask, 8, i) != 0) {
+                sum += Packed.at(row, dtype, element);
                 ++count;
             }
         }

@@ -22,6 +22,7 @@ from aivm_jax.disputes import (
     OPERAND_PARAM,
     OPERAND_VALUE,
     attrs_words,
+    pack_row,
     read_rows,
     step_descriptor,
     step_struct,
@@ -479,7 +480,7 @@ def test_other_ops_revert_unsupported(ex):
     for call in (
         lambda: ex.outputShape(other, shapes),
         lambda: ex.reads(other, shapes, 0),
-        lambda: ex.execute(other, shapes, 0, [[0, 0, 0]]),
+        lambda: ex.execute(other, shapes, 0, [bytes(3)]),
     ):
         with reverts("UnsupportedOp"):
             call()
@@ -505,9 +506,16 @@ def test_bad_rows_and_elements_out_of_range(ex):
         assert ex.execute(step, shapes, element, rows) == int(
             _expected(op, operands, kinds, attrs).reshape(-1)[element]
         )
-        wrong = [rows[:-1], [*rows, rows[0]], [rows[0][:-1], *rows[1:]], [rows[0] + [0], *rows[1:]]]
+        size_of = [step[1][k][2] // 8 for k, _, _ in plan]  # bytes per element of each row
+        wrong = [
+            rows[:-1],
+            [*rows, rows[0]],
+            [rows[0][: -size_of[0]], *rows[1:]],  # one element short
+            [rows[0] + bytes(size_of[0]), *rows[1:]],  # one element long
+        ]
         if len(rows) > 1:
-            wrong.append([*rows[:-1], rows[-1][:-1]])
+            wrong.append([*rows[:-1], rows[-1][: -size_of[-1]]])
+            wrong.append([*rows[:-1], rows[-1] + b"\x01"])  # a byte more: an int32 row not whole
         for bad in wrong:
             with reverts("BadRows"):
                 ex.execute(step, shapes, element, bad)
@@ -523,9 +531,19 @@ def test_table_refuses_a_non_int8_input(ex):
     x = np.array([[3]], np.int8)
     values = np.arange(256, dtype=np.int32)
     step = _step("table", [x, values], [VALUE, PARAM], {})
+    shapes = [[1, 1], [256]]
+    entries = pack_row(values, "int32")
+    assert ex.execute(step, shapes, 0, [pack_row([-128], "int8"), entries]) == 0
+    assert ex.execute(step, shapes, 0, [pack_row([127], "int8"), entries]) == 255
+    # A packed int8 cannot be 128; a descriptor that declares the input int32 (the opset
+    # refuses one) must still never index past the 256 entries.
+    op, operands, *rest = step
+    wide = (op, [(*operands[0][:2], 32, operands[0][3]), operands[1]], *rest)
     with reverts("NotInt8"):
-        ex.execute(step, [[1, 1], [256]], 0, [[128], values.tolist()])
-    assert ex.execute(step, [[1, 1], [256]], 0, [[-128], values.tolist()]) == 0
+        ex.execute(wide, shapes, 0, [pack_row([128], "int32"), entries])
+    with reverts("NotInt8"):
+        ex.execute(wide, shapes, 0, [pack_row([-129], "int32"), entries])
+    assert ex.execute(wide, shapes, 0, [pack_row([-128], "int32"), entries]) == 0
 
 
 def test_shapes_that_do_not_fit_revert_bad_operands(ex):
@@ -665,6 +683,23 @@ def _dynamic_feeds(program, length, seed=0):
             low = high = 0 if spec.name.startswith("past_") else 1
         feeds[spec.name] = rng.integers(low, high + 1, (1, *shape)).astype(spec.dtype)
     return feeds
+
+
+@pytest.mark.slow  # py-evm takes seconds for a 30,522-byte row
+def test_gas_of_a_gather_on_minilm_vocabulary(ex):
+    """A gather reads one column of the (30522, 384) int8 word table: 30,522 packed bytes, one
+    entry decoded (as int256 words the call cost over 10M gas)."""
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 30522, (256,)).astype(np.int32)
+    table = rng.integers(-128, 128, (30522, 384)).astype(np.int8)
+    step = _step("gather", [ids, table], [VALUE, PARAM], {})
+    shapes = [[256], [30522, 384]]
+    element = 256 * 384 - 1
+    plan, got = _one(ex, step, [ids, table], shapes, element)
+    assert got == int(table[ids[-1], 383])
+    rows = read_rows([ids, table], plan)
+    assert len(rows[1]) == 30522
+    assert ex.contract.functions.execute(step, shapes, element, rows).estimate_gas() < 1_000_000
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from aivm_jax import TransactionRevertedError
 from aivm_jax.disputes import (
     DTYPE_CODES,
     attrs_words,
+    pack_row,
     read_rows,
     step_descriptor,
     step_struct,
@@ -156,13 +157,14 @@ def test_matmul_extremes_and_reads(linear):
 @given(k=st.integers(1, 8), n=dims, seed=seeds, data=st.data())
 def test_matmul_wraps_sums_past_int32(linear, k, n, seed, data):
     """Values beyond int8 (an int8 matmul wraps only for K > 2**17): the executor wraps exactly
-    where the reference's int64 sum does."""
+    where the reference's int64 sum does. The descriptor declares the operands int32 (the opset
+    refuses that; the executor decodes each row in its declared dtype)."""
     _, contract = linear
     rng = np.random.default_rng(seed)
     x = _values(rng, (2, k), "int32", low=-(2**24), high=2**24)
     w = _values(rng, (k, n), "int32", low=-(2**24), high=2**24)
     expected = reference.matmul(x[None], w)[0]
-    step = _step("matmul", [(VALUE, 0, "int8", [2, k]), (PARAM, 0, "int8", [k, n])], "int32", [2, n])
+    step = _step("matmul", [(VALUE, 0, "int32", [2, k]), (PARAM, 0, "int32", [k, n])], "int32", [2, n])
     _check(contract, step, [x, w], expected, _positions(expected.size, data))
 
 
@@ -313,14 +315,15 @@ def test_conv2d_reads_the_receptive_field_inside_the_input(linear):
 @settings(max_examples=25, deadline=None)
 @given(case=conv_cases(), seed=seeds, data=st.data())
 def test_conv2d_wraps_sums_past_int32(linear, case, seed, data):
-    """Values beyond int8: the executor's sum wraps exactly where the reference's does."""
+    """Values beyond int8: the executor's sum wraps exactly where the reference's does (the
+    descriptor declares int32 operands, as in `test_matmul_wraps_sums_past_int32`)."""
     _, contract = linear
     x_shape, k_shape, padding, strides = case
     rng = np.random.default_rng(seed)
     x = _values(rng, x_shape, "int32", low=-(2**24), high=2**24)
     k = _values(rng, k_shape, "int32", low=-(2**24), high=2**24)
     expected = reference.conv2d(x[None], k, strides=strides, padding=padding)[0]
-    step = _conv_step(x, k, padding, strides, expected.shape)
+    step = _conv_step(x, k, padding, strides, expected.shape, dtype="int32")
     _check(contract, step, [x, k], expected, _conv_positions(expected.shape, data))
 
 
@@ -684,15 +687,19 @@ def test_wrong_rows_revert_bad_rows(linear, op):
     shapes = _shapes(arrays)
     size = math.prod(contract.functions.outputShape(step, shapes).call())
     element = size - 1
-    rows = read_rows(arrays, contract.functions.reads(step, shapes, element).call())
+    wanted = contract.functions.reads(step, shapes, element).call()
+    rows = read_rows(arrays, wanted)
     ok = contract.functions.execute(step, shapes, element, rows).call()
     assert isinstance(ok, int)
+    size = [step[1][k][2] // 8 for k, _, _ in wanted]  # bytes per element of each row
     wrong = [
         rows[:-1],  # one row short
         [*rows, rows[-1]],  # one row too many
-        [rows[0][:-1], *rows[1:]],  # the first row short
-        [rows[0], [*rows[1], 0], *rows[2:]],  # the second row long
-        [*rows[:-1], rows[-1][:-1]],  # the last row short
+        [rows[0][: -size[0]], *rows[1:]],  # the first row one element short
+        [rows[0], rows[1] + bytes(size[1]), *rows[2:]],  # the second row one element long
+        [*rows[:-1], rows[-1][: -size[-1]]],  # the last row one element short
+        [rows[0] + b"\x01", *rows[1:]],  # a byte more: not a whole int32 element (an int8 one more)
+        [*rows[:-1], rows[-1][:-1]],  # a byte less
     ]
     for bad in wrong:
         _reverts(chain, contract.functions.execute(step, shapes, element, bad), "BadRows")
@@ -793,8 +800,8 @@ def test_bad_attributes_and_shifts(linear):
         shapes = _shapes(arrays)
         rows = read_rows(arrays, contract.functions.reads(step, shapes, 0).call())
         for shift in (-1, 63, INT32_MAX):
-            bad = [list(r) for r in rows]
-            bad[shift_at][0] = shift
+            bad = list(rows)
+            bad[shift_at] = pack_row([shift], "int32") + rows[shift_at][4:]
             error = _reverts(chain, contract.functions.execute(step, shapes, 0, bad), "ShiftOutOfRange")
             assert error.error_args == (shift,)
 
@@ -854,6 +861,24 @@ def char_gpt_program(built_zoo):
 # The transformers' steps come from the reference engine: the JAX engine's all-intermediates
 # function takes minutes to compile for MiniLM, and tests/disputes/test_trace.py holds the two
 # engines bit-identical.
+
+
+@pytest.mark.slow  # py-evm takes seconds at this size
+def test_gas_of_minilm_ffn_matmul(linear):
+    """MiniLM's FFN down projection, K = 1536: two packed int8 rows of 1,536 bytes (as int256
+    words the call cost 1.2M gas)."""
+    _, contract = linear
+    rng = np.random.default_rng(12)
+    x = _values(rng, (256, 1536), "int8")
+    w = _values(rng, (1536, 384), "int8")
+    step = _step(
+        "matmul", [(VALUE, 0, "int8", [256, 1536]), (PARAM, 0, "int8", [1536, 384])], "int32", [256, 384]
+    )
+    element = 256 * 384 - 1
+    got, wanted = _run(contract, step, [x, w], element)
+    assert got == int(reference.matmul(x[None], w)[0].reshape(-1)[element])
+    rows = read_rows([x, w], wanted)
+    assert contract.functions.execute(step, _shapes([x, w]), element, rows).estimate_gas() < 600_000
 
 
 @pytest.mark.slow
