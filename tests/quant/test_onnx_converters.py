@@ -6,6 +6,8 @@ or onnxruntime (the importer's own fidelity report), the bar a per-row cosine.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -237,6 +239,21 @@ def test_converter_tracks_the_float_graph(case):
     x = _calib(*shape, n=9)
     results = [aivm_jax.infer(program, x, mode=mode) for mode in ("jit", "eager", "reference")]
     assert len({r.output_hash for r in results}) == 1
+
+
+def test_fidelity_runs_on_onnx_reference_without_onnxruntime(monkeypatch):
+    """Without onnxruntime the float graph runs in ``onnx.reference``, to the same values."""
+    pytest.importorskip("onnxruntime")
+    model = CASES["gemm_transB_alpha_beta"]()
+    x = _calib(16, n=7)
+    with_ort, engine = run_float(model, {"x": x})
+    assert engine.startswith("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    without, fallback = run_float(model, {"x": x})
+    assert fallback.startswith("onnx.reference")
+    np.testing.assert_allclose(without["y"], with_ort["y"], rtol=1e-5, atol=1e-5)
+    program = import_onnx(model, _calib(16))
+    assert program.metadata["onnx_fidelity"]["reference"].startswith("onnx.reference")
 
 
 def test_batchnorm_after_conv_is_folded_and_named():

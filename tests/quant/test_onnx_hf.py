@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -174,6 +175,18 @@ def _import_bert(data: bytes):
 @pytest.fixture(scope="module")
 def bert_program(bert_onnx):
     return _import_bert(bert_onnx[17])
+
+
+def test_bert_mask_probe_without_onnxruntime_is_one_clear_error(bert_onnx, monkeypatch):
+    """``onnx.reference`` cannot run transformers 5's mask graph; the importer says so and
+    names the fix, instead of listing the mask's nodes as unsupported."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(OnnxImportError) as caught:
+        _import_bert(bert_onnx[17])
+    assert not isinstance(caught.value, UnsupportedOnnxError)
+    message = str(caught.value)
+    assert "attention-mask subgraph" in message and "onnx.reference" in message
+    assert "aivm_jax[onnx]" in message and "\n" not in message
 
 
 def _check_bert_program(program) -> None:

@@ -47,7 +47,12 @@ maximum is ``2**16``: finer than int8 by far, and far from int32's limits."""
 
 
 def _load_model(model):
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxImportError(
+            "importing ONNX models needs the onnx package (and onnxruntime): pip install 'aivm_jax[onnx]'"
+        ) from None
 
     if isinstance(model, onnx.ModelProto):
         return model

@@ -468,6 +468,14 @@ def _probe_masks(t: int) -> np.ndarray:
     return np.array(rows, np.int64)
 
 
+def _evaluator_name() -> str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnx.reference"
+    return f"onnxruntime {onnxruntime.__version__}"
+
+
 def _evaluate_values(model, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Values of the original model for ``feeds`` (onnxruntime, else ``onnx.reference``).
 
@@ -620,8 +628,13 @@ def match_masks(view: _View, model, int_inputs: set[str]) -> list[Match]:
             names = sorted(seeds_of)
             try:
                 values = _evaluate_values(model, names, feeds)
-            except Exception:  # the probe failed: no mask is recognised, the check reports the nodes
-                values = []
+            except Exception as error:  # without the probe no mask can be recognised
+                raise OnnxImportError(
+                    "cannot evaluate the graph's attention-mask subgraph to recognise the mask it "
+                    f"builds ({_evaluator_name()}: {type(error).__name__}: {error}). "
+                    "onnx.reference fails on some exporters' mask graphs; install onnxruntime "
+                    "(pip install 'aivm_jax[onnx]') and import again."
+                ) from None
             probes = {n: (v, masks) for n, v in zip(names, values)}
     matches, cone_nodes, masked_inputs = [], {}, {}
     for node, scores, mask, kind in found:
