@@ -18,17 +18,13 @@ native path off.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import itertools
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from aivm_jax._native_build import build_directories, build_library
 
 __all__ = [
     "build_native",
@@ -76,59 +72,19 @@ SOURCE = Path(__file__).with_name("_native") / "keccak.cc"
 CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 
 
-def _library_name() -> str:
-    key = hashlib.sha256(SOURCE.read_bytes())
-    key.update(" ".join(CXX_FLAGS).encode())
-    key.update(platform.machine().encode())
-    return f"aivm_keccak-{key.hexdigest()[:16]}.so"
-
-
 def _build_dirs() -> list[Path]:
     """Where a built library may live: beside the source, then the user's cache."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
-    return [SOURCE.parent / "build", cache]
+    return build_directories(SOURCE.parent)
 
 
 def build_native() -> Path:
-    """Compile ``_native/keccak.cc`` unless a library of this source exists; returns its path.
-
-    Writes a temporary file and renames it, under a file lock, so concurrent processes
-    never load a half-written library.
+    """Compile ``_native/keccak.cc`` unless a library of this source exists; returns its path
+    (`aivm_jax._native_build.build_library`).
 
     Raises:
       RuntimeError: no C++ compiler, no writable build directory, or the compile failed.
     """
-    name = _library_name()
-    found = next((d / name for d in _build_dirs() if (d / name).is_file()), None)
-    if found is not None:
-        return found
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if cxx is None:
-        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
-    errors = []
-    for directory in _build_dirs():
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            target = directory / name
-            with open(directory / ".lock-keccak", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if target.is_file():
-                    return target
-                fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
-                os.close(fd)
-                command = [cxx, *CXX_FLAGS, "-o", partial, str(SOURCE)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    os.unlink(partial)
-                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-                os.replace(partial, target)
-                for stale in directory.glob("aivm_keccak-*.so"):  # libraries of older sources
-                    if stale != target:
-                        stale.unlink(missing_ok=True)
-                return target
-        except OSError as error:
-            errors.append(f"{directory}: {error}")
-    raise RuntimeError("no writable build directory: " + "; ".join(errors))
+    return build_library("aivm_keccak", [SOURCE], CXX_FLAGS, _build_dirs())
 
 
 _SIZE, _U64, _PTR = ctypes.c_size_t, ctypes.c_uint64, ctypes.c_void_p

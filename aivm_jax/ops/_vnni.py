@@ -102,6 +102,7 @@ SOURCES = tuple(
         "int_table.cc",
         "parallel_check.cc",
         "row_hash.cc",
+        "host_quantize.cc",
     )
 )
 HEADERS = tuple(

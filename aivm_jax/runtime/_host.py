@@ -7,9 +7,12 @@ clients can reproduce them.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,14 +146,24 @@ def quantize_to_scale(values: Any, scale: Mapping[str, Any], dtype: str = "int8"
     array([  -1,    0,    1,    2,  127,  127, -128], dtype=int8)
     """
     m, e = int(scale["mantissa"]), int(scale["exponent"])
-    step = decode_scale({"mantissa": m, "exponent": e})
+    decode_scale({"mantissa": m, "exponent": e})  # range check
     v = np.asarray(values)
     if v.dtype.kind not in "fiub":
         raise InputRangeError(f"cannot quantize values of dtype {v.dtype}")
+    out = np.dtype(dtype)
+    native = native_quantizer() if v.dtype in _NATIVE_IN and out in _NATIVE_OUT else None
+    if native is not None:
+        return native(v, m, e, out)
+    return _quantize_numpy(v, m, e, out)
+
+
+def _quantize_numpy(v: np.ndarray, m: int, e: int, out: np.dtype) -> np.ndarray:
+    """`quantize_to_scale` in NumPy: the definition that the native path is held to."""
+    step = math.ldexp(m, e)
     v = v.astype(np.float64)
     if np.isnan(v).any():
         raise InputRangeError("input holds NaN; a NaN has no integer value")
-    info = np.iinfo(dtype)
+    info = np.iinfo(out)
     with np.errstate(over="ignore", invalid="ignore"):
         q = np.clip(np.floor(v / step + 0.5), info.min - 1, info.max + 1)
     half = math.ldexp(m, e - 1)  # s / 2, exact
@@ -161,7 +174,81 @@ def quantize_to_scale(values: Any, scale: Mapping[str, Any], dtype: str = "int8"
         if not (step_down.any() or step_up.any()):
             break
         q = np.clip(q - step_down + step_up, info.min - 1, info.max + 1)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    return np.clip(q, info.min, info.max).astype(out)
+
+
+_NATIVE_IN = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
+_NATIVE_OUT = {np.dtype(np.int8): 0, np.dtype(np.int32): 1}
+
+
+def _quantize_native(function, v: np.ndarray, m: int, e: int, out: np.dtype) -> np.ndarray:
+    src = np.ascontiguousarray(v)
+    result = np.empty(src.shape, out)
+    status = function(
+        src.__array_interface__["data"][0],
+        _NATIVE_IN[src.dtype],
+        src.size,
+        m,
+        e,
+        result.__array_interface__["data"][0],
+        _NATIVE_OUT[out],
+    )
+    if status:
+        raise InputRangeError("input holds NaN; a NaN has no integer value")
+    return result
+
+
+@functools.cache
+def native_quantizer():
+    """``(values, m, e, dtype) -> array`` running ``ops/_native/host_quantize.cc``, if its library
+    loads here and it agrees with `_quantize_numpy` on the edge cases (`quantizer_probe`); else
+    None (and a warning where it disagrees: input quantization decides the integer input)."""
+    from aivm_jax.runtime._native_host import host_library
+
+    library = host_library()
+    function = getattr(library, "aivm_quantize_to_scale", None) if library is not None else None
+    if function is None:
+        return None
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                         ctypes.c_void_p, ctypes.c_int64]  # fmt: skip
+    native = functools.partial(_quantize_native, function)
+    for values, (m, e) in quantizer_probe():
+        for src in _NATIVE_IN:
+            for out in _NATIVE_OUT:
+                with np.errstate(over="ignore"):  # the largest float64s become inf in float32
+                    x = values.astype(src)
+                if not np.array_equal(native(x, m, e, out), _quantize_numpy(x, m, e, out)):
+                    warnings.warn(
+                        "the native input quantizer disagrees with NumPy here; using NumPy",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return None
+    return native
+
+
+def quantizer_probe() -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Edge values and scales ``(values, (mantissa, exponent))`` that both quantizer paths must
+    agree on: exact ties, their float neighbours, saturation, infinities, zeros of both signs,
+    subnormals and the largest floats."""
+    cases = []
+    for m, e in ((1, -7), (3, -2), (2**20 - 1, -27), (1, 0), (5, 20), (1, -140)):
+        s = math.ldexp(m, e)
+        k = np.arange(-300, 301, dtype=np.float64)
+        ties = (k + 0.5) * s
+        values = np.concatenate(
+            [
+                ties,
+                np.nextafter(ties, np.inf),
+                np.nextafter(ties, -np.inf),
+                k * s,
+                [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324, 2.2e-308, 1.7976931348623157e308],
+                [-1.7976931348623157e308, 2.0**31 * s, -(2.0**31) * s, (2.0**31 - 0.5) * s],
+            ]
+        )
+        cases.append((values, (m, e)))
+    return cases
 
 
 def read_input_file(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:

@@ -28,7 +28,7 @@ from aivm_jax.program import Program, ValueSpec, from_bytes, load
 from aivm_jax.runtime._execute import Segment, evaluate, plan_segments, run_steps
 from aivm_jax.runtime._fusion import fuse_chains
 from aivm_jax.runtime._hashing import ResultHasher, result_hasher, result_hashes
-from aivm_jax.runtime._host import SCALES_KEY, program_scales, quantize_to_scale
+from aivm_jax.runtime._host import SCALES_KEY, native_quantizer, program_scales, quantize_to_scale
 
 __all__ = ["InferenceResult", "infer"]
 
@@ -94,9 +94,11 @@ class _Compiled:
         # input shapes -> the executable compiled for them (parameters bound), called directly
         self._executables: dict[tuple[tuple[int, ...], ...], Callable[..., list[jax.Array]]] = {}
         self._compile_lock = threading.Lock()
-        # Signatures of plain ndarray inputs that `_feeds` returned unchanged -> what runs them.
+        # Signatures of plain ndarray inputs that `_feeds` returned unchanged, or quantized from
+        # float32/float64 with a stored scale -> (what runs them, the outputs' hasher, the
+        # quantizations: (input index, quantizer) for each float input).
         # One input: its (dtype, shape); several: a tuple of those in input order.
-        self._accepted: dict[Any, tuple[Callable[..., list[jax.Array]], ResultHasher]] = {}
+        self._accepted: dict[Any, tuple[Callable[..., list[jax.Array]], ResultHasher, tuple]] = {}
         # per input, the declared (low, high) its values must lie in (its dtype allows more)
         self._bounds = [(i, spec.bounds) for i, spec in enumerate(program.inputs) if spec.bounds]
 
@@ -122,11 +124,13 @@ class _Compiled:
         arrays = [feeds[name] for name in self.input_names]
         return self.executable(tuple(a.shape for a in arrays))(*arrays)
 
-    def call_accepted(self, inputs: Any) -> tuple[list[jax.Array], ResultHasher] | None:
-        """The outputs (device arrays) and their hasher, for inputs that `_feeds` would return
-        unchanged: plain ndarrays with the dtypes and shapes it accepted before as they were (so
-        its dtype, shape and agreement checks hold again) and values within the declared bounds
-        (vectorized min and max). None for anything else; `_feeds` then checks them."""
+    def call_accepted(self, inputs: Any) -> tuple[list[jax.Array], ResultHasher, bool] | None:
+        """The outputs (device arrays), their hasher and whether float input was quantized, for
+        plain ndarrays with the dtypes and shapes that `_feeds` accepted before (so its dtype,
+        shape and agreement checks hold again): returned unchanged, or float rows it quantized
+        with the input's stored scale (quantized here by the same native function, bit for bit).
+        The integer values must lie within the declared bounds (vectorized min and max). None
+        for anything else; `_feeds` then checks them."""
         if type(inputs) is np.ndarray:
             if len(self.input_names) != 1:
                 return None
@@ -141,15 +145,20 @@ class _Compiled:
             return None
         if found is None:
             return None
+        run, hasher, quantizations = found
+        if quantizations:
+            arrays = list(arrays)
+            for i, quantize in quantizations:
+                arrays[i] = quantize(arrays[i])  # InputRangeError on NaN, as `_feeds` raises
         for i, (low, high) in self._bounds:
             if arrays[i].min() < low or arrays[i].max() > high:
                 return None
-        run, hasher = found
-        return run(*arrays), hasher
+        return run(*arrays), hasher, bool(quantizations)
 
     def remember(self, inputs: Any, feeds: Mapping[str, np.ndarray], outs: Sequence[np.ndarray]) -> None:
-        """After a run on ``feeds``: record the signature of ``inputs`` if `_feeds` returned them
-        unchanged, with what runs them and the hasher of the outputs ``outs`` they gave."""
+        """After a run on ``feeds``: record the signature of ``inputs`` if `_feeds` returned each
+        unchanged or quantized it from float32/float64 with its stored scale (where the native
+        quantizer runs), with what runs them and the hasher of the outputs ``outs`` they gave."""
         if type(inputs) is np.ndarray and len(self.input_names) == 1:
             arrays: tuple[Any, ...] = (inputs,)
             key: Any = (inputs.dtype, inputs.shape)
@@ -158,8 +167,14 @@ class _Compiled:
             key = tuple((a.dtype, a.shape) for a in arrays if type(a) is np.ndarray)
         else:
             return
-        if not all(feeds[name] is a for name, a in zip(self.input_names, arrays)):
-            return
+        quantizations = []
+        for i, (spec, a) in enumerate(zip(self.program.inputs, arrays)):
+            if feeds[spec.name] is a:
+                continue
+            quantize = self._quantizer(spec, a)
+            if quantize is None:
+                return
+            quantizations.append((i, quantize))
         if self._segments:
             run: Callable[..., list[jax.Array]] = functools.partial(
                 _run_named, self.run_local, self.input_names
@@ -168,7 +183,19 @@ class _Compiled:
             run = _direct(self.executable(tuple(a.shape for a in arrays)))
         if len(self._accepted) >= 1024:
             self._accepted.clear()
-        self._accepted[key] = (run, result_hasher(self.program.model_id, self.output_names, outs))
+        hasher = result_hasher(self.program.model_id, self.output_names, outs)
+        self._accepted[key] = (run, hasher, tuple(quantizations))
+
+    def _quantizer(self, spec: ValueSpec, given: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The native quantization of float rows ``given`` for input ``spec`` with its stored
+        scale (the one `_feeds` applied), or None where there is none for them."""
+        native = native_quantizer()
+        scale = _scales_of(self.program).get(spec.name)
+        if native is None or scale is None or type(given) is not np.ndarray:
+            return None
+        if given.dtype not in (np.float32, np.float64) or given.dtype.byteorder not in "=|":
+            return None
+        return functools.partial(native, m=scale["mantissa"], e=scale["exponent"], out=np.dtype(spec.dtype))
 
     def executable(self, shapes: tuple[tuple[int, ...], ...]) -> Callable[..., list[jax.Array]]:
         """The whole program compiled ahead of time for inputs of these shapes (in the spec
@@ -440,9 +467,11 @@ def infer(
         ``"eager"`` (op by op, same JAX ops) or ``"reference"`` (the NumPy
         yellow paper). All three give identical bits. In ``"jit"`` mode on the
         default device, inputs that are plain ndarrays of the same dtypes and
-        shapes as those of an earlier call, which needed no conversion, skip the
-        dtype and shape checks (values are still checked against declared
-        bounds) and go straight to the executable compiled for their shapes.
+        shapes as those of an earlier call, which needed no conversion (or were
+        float32/float64 rows quantized with the stored scale, by the native
+        quantizer where it runs), skip the dtype and shape checks (values are
+        still checked against declared bounds) and go straight to the
+        executable compiled for their shapes.
       devices: ``None`` for JAX's default device, a list of devices or
         ``"all"`` to shard the batch over them (``mode="jit"`` only).
       expected_model_id: refuse a program file whose id differs.
@@ -465,7 +494,7 @@ def infer(
         entry = _compiled_for(program)
         found = entry.call_accepted(inputs)
         if found is not None:
-            outs, hasher = found
+            outs, hasher, quantized = found
             outs = [np.asarray(o) for o in outs]
             hashes, digest = hasher(outs)
             result = object.__new__(InferenceResult)  # the dataclass's own __init__ sets these six
@@ -475,7 +504,7 @@ def infer(
                 named_outputs=dict(zip(entry.output_names, outs)),
                 row_hashes=hashes,
                 output_hash=digest,
-                input_quantized=False,
+                input_quantized=quantized,
             )
             return result
     feeds, quantized = _feeds(program, inputs)

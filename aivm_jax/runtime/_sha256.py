@@ -3,11 +3,10 @@
 Message ``i`` is the concatenation of ``parts``, each ``(data, size, stride)``:
 ``size`` bytes of the uint8 array ``data`` from byte ``i * stride`` (stride 0:
 the same bytes in every message, such as a prefix). Where the CPU has the SHA
-extensions, all messages go to ``ops/_native/row_hash.cc`` in one native call:
-from the CPU kernels' library where it runs, else from that one source built
-alone without the kernels' AVX-512 flags (an AVX2 machine with SHA-NI; built on
-first use with ``$CXX`` or ``g++``, kept beside the sources or in the user's
-cache as the kernels are). Without either, or for fewer than
+extensions, all messages go to ``ops/_native/row_hash.cc`` in one native call
+(`aivm_jax.runtime._native_host`: from the CPU kernels' library where it runs,
+else from the host sources built alone without the kernels' AVX-512 flags, as
+on an AVX2 machine with SHA-NI). Without either, or for fewer than
 `NATIVE_MIN_MESSAGES` messages (where the ctypes call costs more than it
 saves), hashlib hashes them one by one. The tests hold the two equal byte for
 byte, and a native function that disagrees with hashlib on any padding case is
@@ -17,18 +16,14 @@ never used.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
+
+from aivm_jax.runtime._native_host import host_library
 
 __all__ = ["NATIVE_MIN_MESSAGES", "Part", "native_available", "native_rows", "sha256_many", "shared"]
 
@@ -42,65 +37,12 @@ def shared(data: bytes) -> Part:
     return np.frombuffer(data, np.uint8), len(data), 0
 
 
-SOURCE = Path(__file__).parent.parent / "ops" / "_native" / "row_hash.cc"
-CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
-
-
-def _library_name() -> str:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CXX_FLAGS).encode()).hexdigest()[:16]
-    return f"aivm_sha256-{key}.so"
-
-
-def _build_dirs() -> list[Path]:
-    """Where the library may live: beside the sources, then the user's cache (as the kernels)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
-    return [SOURCE.parent / "build", cache]
-
-
-def _standalone_library() -> ctypes.CDLL | None:
-    """``row_hash.cc`` alone, built (once per source) without the kernels' AVX-512 flags; None
-    where no C++ compiler or no writable directory is found or the build fails."""
-    name = _library_name()
-    found = next((d / name for d in _build_dirs() if (d / name).is_file()), None)
-    if found is None:
-        compiler = shutil.which(os.environ.get("CXX", "g++"))
-        if compiler is None:
-            return None
-        for directory in _build_dirs():
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                with open(directory / ".lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    target = directory / name
-                    if not target.is_file():
-                        fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
-                        os.close(fd)
-                        command = [compiler, *CXX_FLAGS, "-o", partial, str(SOURCE)]
-                        if subprocess.run(command, capture_output=True).returncode != 0:
-                            os.unlink(partial)
-                            return None
-                        os.replace(partial, target)
-                        for stale in directory.glob("aivm_sha256-*.so"):  # builds of older sources
-                            if stale != target:
-                                stale.unlink(missing_ok=True)
-                found = target
-                break
-            except OSError:
-                continue
-    try:
-        return ctypes.CDLL(str(found)) if found is not None else None
-    except OSError:
-        return None
-
-
 @functools.cache
 def _native() -> Callable | None:
     """``aivm_sha256_rows`` where the CPU has the SHA extensions, from the kernels' library where
-    it loads, else from `_standalone_library`, if the function passes `_agrees_with_hashlib`;
-    else None."""
-    from aivm_jax.ops._vnni import native_library
-
-    library = native_library() or _standalone_library()
+    it loads, else from the host sources built alone (`host_library`), if the function passes
+    `_agrees_with_hashlib`; else None."""
+    library = host_library()
     if library is None or not library.aivm_sha256_supported():
         return None
     function = library.aivm_sha256_rows

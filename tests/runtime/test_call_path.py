@@ -17,8 +17,9 @@ from aivm_jax import (
     TamperedModelError,
 )
 from aivm_jax.conformance import DATA_DIR
-from aivm_jax.runtime import _infer
+from aivm_jax.runtime import _host, _infer
 from aivm_jax.runtime._hashing import ResultHasher, output_hash, row_hash_table
+from aivm_jax.runtime._host import encode_scale
 from aivm_jax.runtime._sha256 import native_available
 
 ZOO = ("digits-mlp", "digits-cnn")
@@ -212,6 +213,70 @@ def test_inputs_that_are_not_plain_arrays_of_the_spec_dtype_take_the_full_path(t
     assert aivm_jax.infer(program, np.asfortranarray(x)).row_hashes == want.row_hashes
     with pytest.raises(AssertionError, match="should not check"):
         aivm_jax.infer(program, x.astype(np.int32))  # never cached: a conversion was needed
+
+
+def _scaled(program, real_scale: float = 1 / 16):
+    """``program`` with a stored input scale, so that `infer` quantizes float rows for it."""
+    scales = {spec.name: encode_scale(real_scale) for spec in program.inputs}
+    return program.with_metadata(scales=scales)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_rows_take_the_cached_path_bit_for_bit(dtype, monkeypatch):
+    program = _scaled(_zoo("digits-mlp")[0])
+    _fresh(program)
+    rng = np.random.default_rng(3)
+    rows = rng.normal(0, 3, (9, 64)).astype(dtype)
+    rows[0, :4] = [np.inf, -np.inf, 1e30, -0.03125]  # saturation and an exact tie (half a step)
+    ints = _host._quantize_numpy(rows, **_me(program), out=np.dtype(np.int8))
+    want = aivm_jax.infer(program, ints, mode="reference")
+    first = aivm_jax.infer(program, rows)  # full path: quantizes, checks, remembers the signature
+    _no_feeds(monkeypatch)
+    for _ in range(2):
+        again = aivm_jax.infer(program, rows)
+        assert again.input_quantized and first.input_quantized
+        np.testing.assert_array_equal(again.outputs, want.outputs)
+        assert again.row_hashes == first.row_hashes == want.row_hashes
+        assert again.output_hash == want.output_hash
+    with pytest.raises(AssertionError, match="should not check"):
+        aivm_jax.infer(program, np.clip(rows, -99, 99).astype(np.float16))  # not remembered: another dtype
+    with pytest.raises(AssertionError, match="should not check"):
+        aivm_jax.infer(program, ints)  # not remembered: another dtype
+
+
+def _me(program) -> dict[str, int]:
+    scale = program.metadata["scales"][program.inputs[0].name]
+    return {"m": scale["mantissa"], "e": scale["exponent"]}
+
+
+def test_float_rows_with_nan_get_the_same_error_cold_and_warm():
+    program = _scaled(_zoo("digits-mlp")[0])
+    rows = np.full((3, 64), 0.25, np.float32)
+    bad = rows.copy()
+    bad[1, 7] = np.nan
+    messages = []
+    for warm in (False, True):
+        _fresh(program)
+        if warm:
+            aivm_jax.infer(program, rows)
+        with pytest.raises(InputRangeError) as caught:
+            aivm_jax.infer(program, bad)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and "NaN" in messages[0]
+
+
+def test_float_rows_are_checked_against_declared_bounds_on_cached_calls():
+    program = _scaled(_bounded(_zoo("digits-mlp")[0], -20, 20), 1 / 4)
+    inside = np.full((4, 64), 5.0, np.float32)  # 20 steps of 1/4
+    want = aivm_jax.infer(program, np.full((4, 64), 20, np.int8), mode="reference")
+    for _ in range(2):
+        assert aivm_jax.infer(program, inside).row_hashes == want.row_hashes
+    outside = inside.copy()
+    outside[2, 9] = 5.125  # quantizes to 21 (a tie rounds up)
+    with pytest.raises(
+        InputRangeError, match=r"holds values in \[20, 21\], outside its declared bounds \[-20, 20\]"
+    ):
+        aivm_jax.infer(program, outside)
 
 
 def test_an_input_changed_in_place_gives_new_outputs():
