@@ -148,6 +148,16 @@ CASES = {
         [4, 3, 3],
         [("W", _w(4, 2, 1, 1) * 8), ("B", _w(4)), ("zero", 0.0), ("six", 6.0), ("lo", 0.5), ("hi", 4.0)],
     ),
+    "hardsigmoid_times_x_is_hardswish": lambda: _model(  # opset 13 has no HardSwish
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1]),
+            helper.make_node("HardSigmoid", ["c"], ["hs"], alpha=1.0 / 6.0, beta=0.5),
+            helper.make_node("Mul", ["hs", "c"], ["y"]),
+        ],
+        [2, 3, 3],
+        [4, 3, 3],
+        [("W", _w(4, 2, 1, 1) * 4), ("B", _w(4))],
+    ),
     "clip_negative_min": lambda: _model(
         [helper.make_node("Gemm", ["x", "W"], ["h"]), helper.make_node("Clip", ["h", "lo", "hi"], ["y"])],
         [6],
@@ -262,6 +272,12 @@ def test_batchnorm_after_conv_is_folded_and_named():
         {"pattern": "Conv+BatchNormalization", "nodes": ["Conv_0", "BatchNormalization_1"]}
     ]
     assert program.op_counts()["conv2d"] == 1 and "matmul" not in program.op_counts()
+
+
+def test_hardsigmoid_times_its_input_becomes_one_hardswish_table():
+    program = import_onnx(CASES["hardsigmoid_times_x_is_hardswish"](), _calib(2, 3, 3))
+    assert [p["pattern"] for p in program.metadata["source"]["patterns"]] == ["HardSwish(HardSigmoid/Mul)"]
+    assert program.op_counts()["table"] == 1 and "batch_matmul" not in program.op_counts()
 
 
 def test_depthwise_conv_keeps_each_channels_resolution():

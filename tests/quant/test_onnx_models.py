@@ -262,6 +262,7 @@ EXPORTS = [
     ("mlp", True, 20, {"Gemm", "Relu"}),
     ("cnn", True, 18, {"Conv", "Clip", "MaxPool", "AveragePool", "ReduceMean"}),
     ("cnn", True, 20, {"Conv", "Clip", "MaxPool", "AveragePool", "ReduceMean"}),
+    ("dw_cnn", False, 13, {"Conv", "Clip", "HardSigmoid", "Mul", "ReduceMean"}),  # no HardSwish below 14
     ("dw_cnn", False, 17, {"Conv", "Clip", "HardSwish", "ReduceMean"}),
     ("dw_cnn", False, 20, {"Conv", "Clip", "HardSwish", "ReduceMean"}),
     ("dw_cnn", True, 18, {"Conv", "Clip", "HardSwish", "ReduceMean"}),
@@ -293,6 +294,10 @@ def test_exported_model_imports_within_the_bar(request, digits, fixture, dynamo,
     _check_classifier(program, model, digits)
     _check_deterministic(program, digits[2])
     counts = program.op_counts()
+    if fixture == "dw_cnn" and opset == 13:  # x * HardSigmoid(x) became one HardSwish table
+        patterns = [p["pattern"] for p in program.metadata["source"]["patterns"]]
+        assert patterns.count("HardSwish(HardSigmoid/Mul)") == 3 and counts["table"] == 3
+        assert "batch_matmul" not in counts
     if fixture == "ln_mlp":
         assert counts["layer_norm"] == 1 and counts["table"] == 1  # the fused forms, whatever was written
         assert "batch_matmul" not in counts

@@ -26,7 +26,7 @@ from aivm_jax.quant.onnx._graph import BATCH, OnnxGraph, OnnxNode
 from aivm_jax.quant.onnx._ops import _ADD_MULTIPLIER_LIMIT, _per_channel_output, _shape, _widen
 from aivm_jax.quant.onnx._registry import register
 
-__all__ = ["emit_gelu", "emit_layer_norm", "emit_softmax", "int32_per_tensor"]
+__all__ = ["convert_hard_swish", "emit_gelu", "emit_layer_norm", "emit_softmax", "int32_per_tensor"]
 
 _RESIDUAL_BITS = 22
 """An int32 value made per-tensor maps its calibration maximum to ``2**22`` (as the adds do)."""
@@ -306,9 +306,10 @@ register("Sigmoid")(_table_op(lambda x, a: _sigmoid(x), cap=8.0))
 register("Tanh")(_table_op(lambda x, a: np.tanh(x), cap=4.0))
 register("Erf")(_table_op(lambda x, a: _erf(x), cap=3.0))
 register("HardSigmoid")(_table_op(_hard_sigmoid))
-register("HardSwish", opsets=(14, 20))(
+convert_hard_swish = register("HardSwish", opsets=(14, 20))(
     _table_op(lambda x, a: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0), flat_below=3.0)
 )
+"""HardSwish as one table; also what ``x * HardSigmoid(x)`` becomes (opset 13 exports)."""
 register("LeakyRelu")(_table_op(lambda x, a: np.where(x >= 0, x, float(a.get("alpha", 0.01)) * x)))
 
 

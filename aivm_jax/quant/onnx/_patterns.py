@@ -13,7 +13,7 @@ from aivm_jax.quant.onnx._context import Context
 from aivm_jax.quant.onnx._errors import OnnxImportError
 from aivm_jax.quant.onnx._graph import BATCH, OnnxGraph, OnnxNode
 from aivm_jax.quant.onnx._ops import _bn_affine, _emit_linear
-from aivm_jax.quant.onnx._ops_transformer import emit_gelu, emit_layer_norm, emit_softmax
+from aivm_jax.quant.onnx._ops_transformer import convert_hard_swish, emit_gelu, emit_layer_norm, emit_softmax
 
 __all__ = ["MASK_FLOOR", "Match", "fold_batch_norms", "match_patterns"]
 
@@ -307,6 +307,26 @@ def _convert_gelu_tanh(ctx: Context, match: Match) -> None:
 
 def _convert_gelu(ctx: Context, match: Match) -> None:
     emit_gelu(ctx, ctx.val(match.params["x"]), match.params["output"])
+
+
+def _match_hard_swish(view: _View, hard_sigmoid: OnnxNode) -> Match | None:
+    """``Mul(x, HardSigmoid(x, alpha=1/6, beta=1/2))``, either operand first: HardSwish as
+    PyTorch's exporter writes it below opset 14, where ONNX has no HardSwish."""
+    x = hard_sigmoid.inputs[0]
+    alpha, beta = float(hard_sigmoid.attrs.get("alpha", 0.2)), float(hard_sigmoid.attrs.get("beta", 0.5))
+    if not (_close(alpha, 1.0 / 6.0) and beta == 0.5) or view.graph.const(x) is not None:
+        return None
+    mul = view.only_user(hard_sigmoid.outputs[0], "Mul")
+    if mul is None or view.other(mul, hard_sigmoid.outputs[0]) != x:
+        return None
+    return view.match(
+        "HardSwish(HardSigmoid/Mul)", [hard_sigmoid, mul], _convert_hard_swish, x=x, output=mul.outputs[0]
+    )
+
+
+def _convert_hard_swish(ctx: Context, match: Match) -> None:
+    node = OnnxNode("HardSwish", match.anchor, (match.params["x"],), (match.params["output"],), {})
+    convert_hard_swish(ctx, node)
 
 
 def _const_vector(view: _View, name: str, n: int) -> np.ndarray | None:
@@ -727,6 +747,8 @@ def match_patterns(graph: OnnxGraph, model, int_inputs: set[str]) -> list[Match]
             match = _match_gelu_tanh(view, node)
         elif node.op_type == "Reshape":
             match = _match_conv1d(view, node)
+        elif node.op_type == "HardSigmoid":
+            match = _match_hard_swish(view, node)
         if match is not None and not taken & set(match.nodes):
             matches.append(match)
             taken.update(match.nodes)
