@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -77,6 +78,21 @@ def test_conv2d_property(data, b, h, w, c, o, kh, kw, sh, sw, pads):
     x = data.draw(int8s((b, h, w, c)))
     k = data.draw(int8s((kh, kw, c, o)))
     assert_lowering_matches("conv2d", x, k, strides=(sh, sw), padding=padding)
+
+
+@pytest.mark.parametrize("c, o", [(2, 3), (8, 8), (16, 16), (16, 17), (1, 8)])
+def test_conv2d_on_both_cpu_paths_at_the_int8_extremes(c, o):
+    """im2col (2 <= C, C * O <= 256) and XLA's convolution (the others), at the extremes: every
+    product 2**14 (and -2**14 + 128), strides 2 and uneven padding."""
+    rng = np.random.default_rng(c * 100 + o)
+    x = rng.choice(np.array([-128, 127], np.int8), (3, 9, 7, c))
+    x[0] = -128
+    w = rng.choice(np.array([-128, 127], np.int8), (3, 2, c, o))
+    w[..., 0] = -128
+    for strides, padding in (((1, 1), ((1, 1), (0, 1))), ((2, 2), ((2, 0), (1, 2)))):
+        out = assert_lowering_matches("conv2d", x, w, strides=strides, padding=padding)
+        if strides == (1, 1):
+            assert out[0, 1, 1, 0] == 3 * 2 * c * 2**14  # an interior window of -128 * -128
 
 
 @given(st.data(), st.integers(1, 4), st.integers(1, 8))
