@@ -72,6 +72,11 @@ EMBEDDED_PARAMS_MAX_BYTES = 1 << 20
 # with it the whole graph is the faster plan (0.16 s vs 0.23 s). Both plans compute
 # the same integers.
 SEGMENT_STEPS = 8
+# At most this many rows, each op has little work and the calls and XLA's per-op costs dominate:
+# longer segments then (the imported test encoder, 87 steps, batch 1: 343 us with segments of 32
+# steps vs 505 us with 8; at batch 64 segments of 8 stay the faster). Same integers either way.
+SMALL_BATCH_ROWS = 8
+SMALL_BATCH_SEGMENT_STEPS = 32
 
 
 class _Compiled:
@@ -82,10 +87,13 @@ class _Compiled:
         self.fn = jax.jit(self._run)
         self.steps = fuse_chains(program)  # dense and attention chains as one fused op each
         small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
+        # Segment plans (empty: the program runs whole): for batches above SMALL_BATCH_ROWS, and
+        # for those at most that.
         self._segments: list[tuple[Segment, Any]] = []
+        self._small_segments: list[tuple[Segment, Any]] = []
         if len(self.steps) > SEGMENT_STEPS and not register_kernel():
-            for segment in plan_segments(program, self.steps, SEGMENT_STEPS):
-                self._segments.append((segment, jax.jit(functools.partial(_run_segment, segment))))
+            self._segments = self._plan(SEGMENT_STEPS)
+            self._small_segments = self._plan(SMALL_BATCH_SEGMENT_STEPS)
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
         self._sharded: dict[Mesh, tuple[Any, tuple]] = {}  # mesh -> (jitted shard_map, leading args)
@@ -102,6 +110,12 @@ class _Compiled:
         # per input, the declared (low, high) its values must lie in (its dtype allows more)
         self._bounds = [(i, spec.bounds) for i, spec in enumerate(program.inputs) if spec.bounds]
 
+    def _plan(self, size: int) -> list[tuple[Segment, Any]]:
+        return [
+            (segment, jax.jit(functools.partial(_run_segment, segment)))
+            for segment in plan_segments(self.program, self.steps, size)
+        ]
+
     def _run(self, params, feeds):
         values = {**params, **feeds}
         run_steps(self.steps, values, "lowering")
@@ -112,11 +126,13 @@ class _Compiled:
 
     def run_local(self, feeds):
         """The program on JAX's default device: in segments when long and the CPU kernels
-        are off, else whole with its parameters as constants when small or as arguments."""
+        are off (longer ones for small batches), else whole with its parameters as constants
+        when small or as arguments."""
         if self._segments:
             params = self.params_on(None)
             values = dict(feeds)
-            for segment, fn in self._segments:
+            small = next(iter(feeds.values())).shape[0] <= SMALL_BATCH_ROWS
+            for segment, fn in self._small_segments if small else self._segments:
                 values.update(
                     fn({k: params[k] for k in segment.params}, {k: values[k] for k in segment.reads})
                 )
@@ -227,7 +243,7 @@ class _Compiled:
     def local_cache_size(self) -> int:
         """How many input shapes `run_local` has compiled for."""
         if self._segments:
-            return self._segments[0][1]._cache_size()
+            return sum(plan[0][1]._cache_size() for plan in (self._segments, self._small_segments))
         return len(self._executables)
 
     def run_sharded(self, feeds, mesh: Mesh):
