@@ -72,11 +72,14 @@ EMBEDDED_PARAMS_MAX_BYTES = 1 << 20
 # with it the whole graph is the faster plan (0.16 s vs 0.23 s). Both plans compute
 # the same integers.
 SEGMENT_STEPS = 8
-# At most this many rows, each op has little work and the calls and XLA's per-op costs dominate:
-# longer segments then (the imported test encoder, 87 steps, batch 1: 343 us with segments of 32
-# steps vs 505 us with 8; at batch 64 segments of 8 stay the faster). Same integers either way.
-SMALL_BATCH_ROWS = 8
-SMALL_BATCH_SEGMENT_STEPS = 32
+# Where no input holds more than this many elements (a batch of one short row), each op has little
+# work and the calls and XLA's per-op costs dominate: longer segments then. Same integers either
+# way. Measured: the imported test encoder (87 steps) at batch 1 x 12 tokens, 343 us with segments
+# of 32 steps vs 505 us with 8; MiniLM at 1 x 16 tokens 11.4 vs 13.0 ms, but at 1 x 128 tokens
+# 70.5 vs 67.2 ms and at 8 x 128 518 vs 448 ms, where XLA's recomputation across long segments
+# costs more than the calls save.
+SMALL_INPUT_ELEMENTS = 64
+SMALL_INPUT_SEGMENT_STEPS = 32
 
 
 class _Compiled:
@@ -87,13 +90,13 @@ class _Compiled:
         self.fn = jax.jit(self._run)
         self.steps = fuse_chains(program)  # dense and attention chains as one fused op each
         small = sum(a.nbytes for a in program.params.values()) <= EMBEDDED_PARAMS_MAX_BYTES
-        # Segment plans (empty: the program runs whole): for batches above SMALL_BATCH_ROWS, and
-        # for those at most that.
+        # Segment plans (empty: the program runs whole): the default, and the one for inputs of
+        # at most SMALL_INPUT_ELEMENTS elements each.
         self._segments: list[tuple[Segment, Any]] = []
         self._small_segments: list[tuple[Segment, Any]] = []
         if len(self.steps) > SEGMENT_STEPS and not register_kernel():
             self._segments = self._plan(SEGMENT_STEPS)
-            self._small_segments = self._plan(SMALL_BATCH_SEGMENT_STEPS)
+            self._small_segments = self._plan(SMALL_INPUT_SEGMENT_STEPS)
         self._embedded = jax.jit(self._run_embedded) if small and not self._segments else None
         self._placed: dict[tuple[Any, ...], dict[str, jax.Array]] = {}
         self._sharded: dict[Mesh, tuple[Any, tuple]] = {}  # mesh -> (jitted shard_map, leading args)
@@ -109,6 +112,15 @@ class _Compiled:
         self._accepted: dict[Any, tuple[Callable[..., list[jax.Array]], ResultHasher, tuple]] = {}
         # per input, the declared (low, high) its values must lie in (its dtype allows more)
         self._bounds = [(i, spec.bounds) for i, spec in enumerate(program.inputs) if spec.bounds]
+
+    def _plan_for(self, arrays) -> list[tuple[Segment, Any]]:
+        """The segments that run these inputs; empty where the program runs whole (a plan of
+        one segment is the whole program, run as `executable` runs it)."""
+        if not self._segments:
+            return []
+        small = all(a.size <= SMALL_INPUT_ELEMENTS for a in arrays)
+        plan = self._small_segments if small else self._segments
+        return plan if len(plan) > 1 else []
 
     def _plan(self, size: int) -> list[tuple[Segment, Any]]:
         return [
@@ -126,13 +138,13 @@ class _Compiled:
 
     def run_local(self, feeds):
         """The program on JAX's default device: in segments when long and the CPU kernels
-        are off (longer ones for small batches), else whole with its parameters as constants
+        are off (longer ones for the smallest inputs), else whole with its parameters as constants
         when small or as arguments."""
-        if self._segments:
+        plan = self._plan_for(feeds.values())
+        if plan:
             params = self.params_on(None)
             values = dict(feeds)
-            small = next(iter(feeds.values())).shape[0] <= SMALL_BATCH_ROWS
-            for segment, fn in self._small_segments if small else self._segments:
+            for segment, fn in plan:
                 values.update(
                     fn({k: params[k] for k in segment.params}, {k: values[k] for k in segment.reads})
                 )
@@ -191,7 +203,7 @@ class _Compiled:
             if quantize is None:
                 return
             quantizations.append((i, quantize))
-        if self._segments:
+        if self._plan_for(arrays):
             run: Callable[..., list[jax.Array]] = functools.partial(
                 _run_named, self.run_local, self.input_names
             )
@@ -242,9 +254,8 @@ class _Compiled:
 
     def local_cache_size(self) -> int:
         """How many input shapes `run_local` has compiled for."""
-        if self._segments:
-            return sum(plan[0][1]._cache_size() for plan in (self._segments, self._small_segments))
-        return len(self._executables)
+        plans = [plan for plan in (self._segments, self._small_segments) if len(plan) > 1]
+        return sum(plan[0][1]._cache_size() for plan in plans) + len(self._executables)
 
     def run_sharded(self, feeds, mesh: Mesh):
         """The program on every device of a 1-D ``("batch",)`` mesh, each on its own rows
