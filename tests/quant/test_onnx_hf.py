@@ -358,6 +358,23 @@ def test_gpt2_greedy_next_tokens_agree_with_transformers(gpt2, gpt2_program):
 
 
 @pytest.mark.slow
+def test_gpt2_opset13_export_imports_within_the_bar(gpt2):
+    """At opset 13 shape inference loses every shape after the first attention mask (built from
+    ``Range(0, batch)``); the importer finds them at two concrete batch sizes."""
+    model, tokenizer, _ = gpt2
+    data = _export(_Logits(model), _gpt2_rows(tokenizer, 2, 0), 13, "logits")
+    program = import_onnx(data, _gpt2_rows(tokenizer, 60, 1), dims={"seq": GPT2_T}, name="tiny-gpt2")
+    assert program.metadata["source"]["opset"] == 13
+    windows = heldout_windows(tokenizer, 24, GPT2_T)
+    rows = {"input_ids": windows, "attention_mask": np.ones_like(windows)}
+    reference = _gpt2_float(model, rows).argmax(-1)
+    agreement = (aivm_jax.infer(program, rows).outputs.argmax(-1) == reference).mean()
+    assert agreement >= AGREEMENT_BAR, agreement
+    assert _patterns(program).count("MaskedSoftmax(Add+Softmax, causal mask from attention_mask)") == 2
+    assert _softmax_attrs(program) == [{"causal": True, "out_bits": 15}] * 2
+
+
+@pytest.mark.slow
 def test_gpt2_padding_is_masked(gpt2, gpt2_program):
     model, tokenizer, _ = gpt2
     windows = heldout_windows(tokenizer, 8, GPT2_T)

@@ -37,6 +37,9 @@ _PASS_THROUGH = frozenset(
 """Folding ops that only move shape entries around: the only ones allowed to read `BATCH`."""
 
 _MAX_FOLDED_ELEMENTS = 2**24
+_MAX_FOLD_ROUNDS = 64
+"""Folding stops when a round folds nothing; a deep shape chain (a layer's shapes read from the
+layer before) needs a round or two per layer."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +181,11 @@ def check_op_types(model, opset: int) -> None:
         raise UnsupportedOnnxError(problems, opset)
 
 
-def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tuple[int, ...]]:
+def _infer_shapes(
+    model, graph_nodes, consts, inputs, outputs, batch: int = BATCH
+) -> dict[str, tuple[int, ...]]:
+    """Shape inference (with data propagation) of ``graph_nodes`` with ``consts`` as initializers
+    and the batch axis of size ``batch``: value name -> shape where every axis is known."""
     from onnx import TensorProto, helper, numpy_helper, shape_inference
 
     types = {v.name: v.type.tensor_type.elem_type or TensorProto.FLOAT for v in model.graph.input}
@@ -190,7 +197,7 @@ def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tupl
         if n.op_type == "Range" and n.input[1] in consts and np.any(np.asarray(consts[n.input[1]]) == BATCH)
     }
     value_inputs = [
-        helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), [BATCH, *row])
+        helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), [batch, *row])
         for name, row in inputs.items()
     ]
     graph = helper.make_graph(
@@ -210,12 +217,73 @@ def _infer_shapes(model, graph_nodes, consts, inputs, outputs) -> dict[str, tupl
         inferred = shape_inference.infer_shapes(probe, data_prop=True)
     except Exception as error:  # onnx raises its own exception types
         raise OnnxImportError(f"ONNX shape inference failed: {error}") from None
-    shapes = {name: (BATCH, *row) for name, row in inputs.items()}
+    shapes = {name: (batch, *row) for name, row in inputs.items()}
     for value in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type
         if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
             shapes[value.name] = tuple(int(d.dim_value) for d in tensor.shape.dim)
     return shapes
+
+
+_PROBE_BATCHES = (7919, 7907)
+"""Two batch sizes (primes no real dimension is likely to equal) for `_probe_batch_shapes`."""
+
+
+def _probe_batch_shapes(model, protos, nodes, initializers, inputs, outputs, opset, known):
+    """``known`` completed with the shapes that are found only at a concrete batch size.
+
+    With the batch axis at `BATCH`, shape inference and folding cannot follow a
+    ``Range(0, batch)`` (its data would be BATCH long) or anything computed from it, such as
+    the attention masks transformers builds from the row indices, nor what reads them (every
+    later layer, at opset 13). Folded and inferred at two concrete batch sizes instead (its
+    constants only serve this), a value's shape is taken when both agree on every axis but
+    those equal to the two batch sizes, which become `BATCH`."""
+    found = []
+    for batch in _PROBE_BATCHES:
+        try:
+            found.append(_fold(model, protos, nodes, dict(initializers), inputs, outputs, opset, batch)[2])
+        except OnnxImportError:
+            return known
+    completed = dict(known)
+    for name in found[0].keys() & found[1].keys() - known.keys():
+        a, b = found[0][name], found[1][name]
+        if len(a) != len(b):
+            continue
+        dims = [d if d == e else BATCH if (d, e) == _PROBE_BATCHES else None for d, e in zip(a, b)]
+        if None not in dims:
+            completed[name] = tuple(dims)
+    return completed
+
+
+def _fold(model, protos, nodes, consts, inputs, outputs, opset, batch: int = BATCH, known=None):
+    """Fold constant nodes and infer shapes, in rounds (each may give shape inference the
+    constants the next needs): ``(consts, folded node indices, shapes)``; ``consts`` is updated.
+    ``known``: shapes to use where shape inference finds none (`_probe_batch_shapes`)."""
+    folded: set[int] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for _ in range(_MAX_FOLD_ROUNDS):
+        live = [p for i, p in enumerate(protos) if i not in folded]
+        shapes = {**(known or {}), **_infer_shapes(model, live, consts, inputs, outputs, batch=batch)}
+        progress = False
+        for index, (proto, node) in enumerate(zip(protos, nodes)):
+            if index in folded:
+                continue
+            values = None
+            if node.op_type == "Shape" and node.inputs[0] in shapes:
+                full = np.array(shapes[node.inputs[0]], np.int64)
+                start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+                values = [full[start:end]]
+            elif node.op_type in ("Identity", "Dropout") and node.inputs[0] in consts:
+                values = [consts[node.inputs[0]]][: len(node.outputs)]
+            elif node.op_type == "Constant" or all(n in consts for n in node.inputs if n):
+                values = _evaluate(proto, node, consts, opset)
+            if values is not None:
+                consts.update({name: v for name, v in zip(node.outputs, values) if name})
+                folded.add(index)
+                progress = True
+        if not progress:
+            break
+    return consts, folded, shapes
 
 
 def _batch_broadcast(data, target) -> bool:
@@ -313,30 +381,16 @@ def read_graph(model, dims: Mapping[str, int] | None = None) -> OnnxGraph:
         for i, n in enumerate(protos)
     ]
     outputs = [o.name for o in model.graph.output]
-    folded: set[int] = set()
-    for _ in range(8):  # each round may give shape inference the constants the next one needs
-        live = [p for i, p in enumerate(protos) if i not in folded]
-        shapes = _infer_shapes(model, live, consts, inputs, outputs)
-        progress = False
-        for index, (proto, node) in enumerate(zip(protos, nodes)):
-            if index in folded:
-                continue
-            values = None
-            if node.op_type == "Shape" and node.inputs[0] in shapes:
-                full = np.array(shapes[node.inputs[0]], np.int64)
-                start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
-                values = [full[start:end]]
-            elif node.op_type in ("Identity", "Dropout") and node.inputs[0] in consts:
-                values = [consts[node.inputs[0]]][: len(node.outputs)]
-            elif node.op_type == "Constant" or all(n in consts for n in node.inputs if n):
-                values = _evaluate(proto, node, consts, opset)
-            if values is not None:
-                consts.update({name: v for name, v in zip(node.outputs, values) if name})
-                folded.add(index)
-                progress = True
-        if not progress:
-            break
+    initializers = dict(consts)
+    consts, folded, shapes = _fold(model, protos, nodes, consts, inputs, outputs, opset)
     remaining = [node for index, node in enumerate(nodes) if index not in folded]
+    if not {out for node in remaining for out in node.outputs if out} <= shapes.keys():
+        # some shapes are found only at a concrete batch size: fold again knowing them
+        probed = _probe_batch_shapes(model, protos, nodes, initializers, inputs, outputs, opset, shapes)
+        consts, folded, shapes = _fold(
+            model, protos, nodes, dict(initializers), inputs, outputs, opset, known=probed
+        )
+        remaining = [node for index, node in enumerate(nodes) if index not in folded]
     # drop what no graph output needs (a Dropout's mask, shape chains now folded)
     needed, kept = set(outputs), []
     for node in reversed(remaining):
