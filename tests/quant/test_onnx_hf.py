@@ -236,6 +236,27 @@ def test_bert_opset13_export_imports_within_the_bar(bert, bert_onnx):
     assert _cosines(got, _bert_float(bert, rows))[keep].mean() >= COSINE_BAR
 
 
+@pytest.mark.slow
+def test_bert_sdpa_export_imports_within_the_bar(bert):
+    """transformers' default ``sdpa`` attention exports ``Where(IsNaN(p), 0, p)`` after each
+    softmax (a row with every key masked is NaN in float); the opset's softmax gives that row
+    zeros, so the guard converts to nothing."""
+    sdpa = transformers.BertModel(
+        transformers.BertConfig(**{**bert.config.to_dict(), "attn_implementation": "sdpa"}),
+        add_pooling_layer=False,
+    )
+    sdpa.load_state_dict(bert.state_dict())
+    data = _export(_LastHidden(sdpa.eval()), _bert_rows(2, 0), 17, "hidden")
+    assert "IsNaN" in {n.op_type for n in onnx.load_from_string(data).graph.node}
+    program = _import_bert(data)
+    _check_bert_program(program)
+    assert _patterns(program).count("NanGuard(IsNaN/Where)") == BERT_LAYERS
+    rows = _bert_rows(16, 2)
+    got = _real(program, aivm_jax.infer(program, rows), "hidden")
+    keep = rows["attention_mask"] == 1
+    assert _cosines(got, _bert_float(bert, rows))[keep].mean() >= COSINE_BAR
+
+
 def test_bert_padding_is_masked(bert, bert_program):
     rows = _bert_rows(12, 3, min_length=4)
     rows["attention_mask"][:, -2:] = 0  # every row padded
@@ -305,7 +326,7 @@ def _gpt2_rows(tokenizer, n: int, seed: int) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def gpt2():
     """``(model, tokenizer, onnx bytes)``: the tiny trained GPT-2 with eager attention, exported at
-    opset 17 (the default ``sdpa`` attention exports a NaN guard, ``IsNaN``, around the softmax)."""
+    opset 17 (the default ``sdpa`` attention has a test of its own)."""
     trained, tokenizer = trained_gpt2()
     torch.set_num_threads(1)
     model = transformers.GPT2LMHeadModel(gpt2_config(attn_implementation="eager"))
@@ -372,6 +393,24 @@ def test_gpt2_opset13_export_imports_within_the_bar(gpt2):
     assert agreement >= AGREEMENT_BAR, agreement
     assert _patterns(program).count("MaskedSoftmax(Add+Softmax, causal mask from attention_mask)") == 2
     assert _softmax_attrs(program) == [{"causal": True, "out_bits": 15}] * 2
+
+
+@pytest.mark.slow
+def test_gpt2_sdpa_export_imports_within_the_bar(gpt2):
+    """The default ``sdpa`` attention: its NaN guards convert to nothing (see the BERT test)."""
+    model, tokenizer, _ = gpt2
+    sdpa = transformers.GPT2LMHeadModel(gpt2_config(attn_implementation="sdpa"))
+    sdpa.load_state_dict(model.state_dict())
+    data = _export(_Logits(sdpa.eval()), _gpt2_rows(tokenizer, 2, 0), 17, "logits")
+    program = import_onnx(data, _gpt2_rows(tokenizer, 60, 1), dims={"seq": GPT2_T}, name="tiny-gpt2")
+    patterns = _patterns(program)
+    assert patterns.count("NanGuard(IsNaN/Where)") == 2
+    assert patterns.count("MaskedSoftmax(Add+Softmax, causal mask from attention_mask)") == 2
+    windows = heldout_windows(tokenizer, 24, GPT2_T)
+    rows = {"input_ids": windows, "attention_mask": np.ones_like(windows)}
+    reference = _gpt2_float(model, rows).argmax(-1)
+    agreement = (aivm_jax.infer(program, rows).outputs.argmax(-1) == reference).mean()
+    assert agreement >= AGREEMENT_BAR, agreement
 
 
 @pytest.mark.slow

@@ -327,6 +327,7 @@ def _never(ctx: Context, node: OnnxNode) -> None:  # its check always refuses
 _POW_CHAINS = "the decomposed LayerNormalization chain or the tanh GELU chain"
 register("Pow", check=_only_in_pattern(_POW_CHAINS))(_never)
 register("Sqrt", check=_only_in_pattern("the decomposed LayerNormalization chain"))(_never)
+register("IsNaN", check=_only_in_pattern("a Where(IsNaN(p), 0, p) guard on a Softmax output"))(_never)
 
 
 def _only_constant(graph, node):

@@ -329,6 +329,29 @@ def _convert_hard_swish(ctx: Context, match: Match) -> None:
     convert_hard_swish(ctx, node)
 
 
+def _match_nan_guard(view: _View, isnan: OnnxNode) -> Match | None:
+    """``Where(IsNaN(p), 0, p)`` on a ``Softmax`` output ``p``: the guard PyTorch's ``sdpa``
+    attention exports for rows whose every key is masked (their softmax is NaN in float). The
+    opset's softmax gives such a row zeros, which is what the guard writes, and no NaN otherwise:
+    the guard is the identity on it."""
+    p = isnan.inputs[0]
+    softmax = view.producer.get(p)
+    where = view.only_user(isnan.outputs[0], "Where")
+    if softmax is None or softmax.op_type != "Softmax" or where is None or p in view.graph.outputs:
+        return None
+    if where.inputs[0] != isnan.outputs[0] or where.inputs[2] != p or view.scalar(where.inputs[1]) != 0.0:
+        return None
+    if {u.name for u in view.users(p)} != {isnan.name, where.name}:
+        return None
+    return view.match(
+        "NanGuard(IsNaN/Where)", [isnan, where], _convert_nan_guard, value=p, output=where.outputs[0]
+    )
+
+
+def _convert_nan_guard(ctx: Context, match: Match) -> None:
+    ctx.bind(match.params["output"], ctx.val(match.params["value"]))
+
+
 def _const_vector(view: _View, name: str, n: int) -> np.ndarray | None:
     """A constant of ``n`` entries along its last axis only (a bias), as float64 ``(n,)``."""
     c = view.graph.const(name)
@@ -749,6 +772,8 @@ def match_patterns(graph: OnnxGraph, model, int_inputs: set[str]) -> list[Match]
             match = _match_conv1d(view, node)
         elif node.op_type == "HardSigmoid":
             match = _match_hard_swish(view, node)
+        elif node.op_type == "IsNaN":
+            match = _match_nan_guard(view, node)
         if match is not None and not taken & set(match.nodes):
             matches.append(match)
             taken.update(match.nodes)
