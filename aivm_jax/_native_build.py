@@ -15,11 +15,12 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_directories", "build_library", "library_name"]
+__all__ = ["build_directories", "build_library", "existing_library", "library_name"]
 
 
 def build_directories(sources_dir: Path) -> list[Path]:
@@ -28,32 +29,53 @@ def build_directories(sources_dir: Path) -> list[Path]:
     return [sources_dir / "build", cache]
 
 
-def library_name(prefix: str, sources: Sequence[Path], flags: Sequence[str]) -> str:
-    """``{prefix}-{16 hex digits}.so``, the digits a hash of the sources, flags and machine."""
-    key = hashlib.sha256()
-    for source in sources:
-        key.update(source.read_bytes())
-    key.update(" ".join(flags).encode())
-    key.update(platform.machine().encode())
-    return f"{prefix}-{key.hexdigest()[:16]}.so"
+def library_name(
+    prefix: str, sources: Sequence[Path], flags: Sequence[str], depends: Sequence[Path] = (), key: bytes = b""
+) -> str:
+    """``{prefix}-{16 hex digits}.so``, the digits a hash of the sources, the files they include
+    (``depends``), the flags, the machine and ``key`` (a library version the build depends on)."""
+    digest = hashlib.sha256()
+    for source in (*sources, *depends):
+        digest.update(source.read_bytes())
+    digest.update(" ".join(flags).encode())
+    digest.update(platform.machine().encode())
+    digest.update(key)
+    return f"{prefix}-{digest.hexdigest()[:16]}.so"
+
+
+def existing_library(
+    prefix: str, sources: Sequence[Path], flags: Sequence[str], directories: Sequence[Path], **name_args
+) -> Path | None:
+    """The built library of these sources and flags if a directory holds it, else None."""
+    name = library_name(prefix, sources, flags, **name_args)
+    return next((d / name for d in directories if (d / name).is_file()), None)
 
 
 def build_library(
-    prefix: str, sources: Sequence[Path], flags: Sequence[str], directories: Sequence[Path]
+    prefix: str,
+    sources: Sequence[Path],
+    flags: Sequence[str],
+    directories: Sequence[Path],
+    *,
+    depends: Sequence[Path] = (),
+    key: bytes = b"",
+    include_dirs: Sequence[str] = (),
+    note: str | None = None,
 ) -> Path:
-    """The path of the library of ``sources`` built with ``flags``, compiling it if no directory
-    holds it yet.
+    """The path of the library of ``sources`` built with ``flags`` (and ``-I`` each of
+    ``include_dirs``, which do not name the library), compiling it if no directory holds it yet;
+    ``note`` (``{target}``: the library's path) is printed to stderr before a compile.
 
     Raises:
       RuntimeError: no C++ compiler, no writable directory, or the compile failed (its stderr).
     """
-    name = library_name(prefix, sources, flags)
-    found = next((d / name for d in directories if (d / name).is_file()), None)
+    found = existing_library(prefix, sources, flags, directories, depends=depends, key=key)
     if found is not None:
         return found
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     if cxx is None:
         raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
+    name = library_name(prefix, sources, flags, depends, key)
     errors = []
     for directory in directories:
         try:
@@ -63,9 +85,12 @@ def build_library(
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if target.is_file():
                     return target
+                if note is not None:
+                    print(note.format(target=target), file=sys.stderr)
                 fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
                 os.close(fd)
-                command = [cxx, *flags, "-o", partial, *map(str, sources)]
+                includes = [f"-I{d}" for d in include_dirs]
+                command = [cxx, *flags, *includes, "-o", partial, *map(str, sources)]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
                     os.unlink(partial)

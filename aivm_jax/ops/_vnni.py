@@ -39,19 +39,16 @@ bit, only the speed. ``AIVM_INT8_GEMM=xla`` turns the kernels off.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from aivm_jax._native_build import build_directories, build_library
 
 __all__ = [
     "CONV_TARGET_NAME",
@@ -122,73 +119,33 @@ CXX_FLAGS = (
 )
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CXX", "g++"))
-
-
-def _library_name() -> str:
-    import jaxlib
-
-    key = hashlib.sha256()
-    for source in (*SOURCES, *HEADERS):
-        key.update(source.read_bytes())
-    key.update(" ".join(CXX_FLAGS).encode())
-    key.update(jaxlib.__version__.encode())
-    return f"aivm_cpu_kernels-{key.hexdigest()[:16]}.so"
-
-
 def _build_dirs() -> list[Path]:
     """Where a built library may live: beside the source, then the user's cache."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aivm_jax"
-    return [SOURCES[0].parent / "build", cache]
+    return build_directories(SOURCES[0].parent)
 
 
-def _existing_library() -> Path | None:
-    name = _library_name()
-    return next((d / name for d in _build_dirs() if (d / name).is_file()), None)
+def _name_args() -> dict:
+    import jaxlib
+
+    return {"depends": HEADERS, "key": jaxlib.__version__.encode()}
 
 
 def build_kernel(verbose: bool = False) -> Path:
-    """Compile the kernels if no library for these sources exists yet; returns its path.
-
-    Writes to a temporary file and renames it, under a file lock, so concurrent
-    processes never load a half-written library.
+    """Compile the kernels if no library for these sources exists yet; returns its path
+    (`aivm_jax._native_build.build_library`: under a file lock, renamed into place).
 
     Raises:
       RuntimeError: no C++ compiler, no writable build directory, or the compile failed.
     """
-    found = _existing_library()
-    if found is not None:
-        return found
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on the PATH")
-    errors = []
-    for directory in _build_dirs():
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            target = directory / _library_name()
-            with open(directory / ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if target.is_file():
-                    return target
-                if verbose:
-                    print(f"compiling the CPU kernels into {target}", file=sys.stderr)
-                fd, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
-                os.close(fd)
-                command = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, *map(str, SOURCES)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    os.unlink(partial)
-                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-                os.replace(partial, target)
-                for stale in directory.glob("aivm_cpu_kernels-*.so"):  # libraries of older sources
-                    if stale != target:
-                        stale.unlink(missing_ok=True)
-                return target
-        except OSError as error:
-            errors.append(f"{directory}: {error}")
-    raise RuntimeError("no writable build directory: " + "; ".join(errors))
+    return build_library(
+        "aivm_cpu_kernels",
+        SOURCES,
+        CXX_FLAGS,
+        _build_dirs(),
+        include_dirs=[jax.ffi.include_dir()],
+        note="compiling the CPU kernels into {target}" if verbose else None,
+        **_name_args(),
+    )
 
 
 @functools.cache
