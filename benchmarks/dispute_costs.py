@@ -127,6 +127,31 @@ def _one_op_case(op: str):
     return program, feeds
 
 
+def _liar_against_honest(chain, game, accounts, model, inputs_root, first, liar, honest):
+    """A game over one request whose defender (account 1) committed ``liar``'s trace and whose
+    challenger (account 2) the honest one: ``(defender agent, challenger agent, game id)``."""
+    from aivm_jax.chain import GameAgent, create_game
+    from aivm_jax.disputes import TraceProvider
+
+    defender = GameAgent(chain.as_account(accounts[1]), game, TraceProvider(liar, model, inputs_root, first))
+    challenger = GameAgent(
+        chain.as_account(accounts[2]), game, TraceProvider(honest, model, inputs_root, first)
+    )
+    game_id = create_game(
+        chain,
+        game,
+        defender=defender.address,
+        challenger=challenger.address,
+        model=model,
+        inputs=inputs_root,
+        batch=1,
+        defender_root=liar.root,
+        challenger_root=honest.root,
+        clock=86_400,
+    )
+    return defender, challenger, game_id
+
+
 def _calldata_floor(data: bytes) -> int:
     """EIP-7623's floor on a transaction's gas: 21000 + 10 per calldata token (a zero byte is one
     token, any other four)."""
@@ -137,9 +162,8 @@ def _calldata_floor(data: bytes) -> int:
 def _ops_main(ops: list[str]) -> None:
     """The one-step checks at MiniLM's largest shapes: execute's and resolve's gas."""
     from aivm_jax._errors import TransactionRevertedError
-    from aivm_jax.chain import Chain, GameAgent, artifact, create_game, deploy_game, play
+    from aivm_jax.chain import Chain, artifact, deploy_game, play
     from aivm_jax.disputes import (
-        TraceProvider,
         commit_values,
         faulty_values,
         input_commitment,
@@ -184,20 +208,7 @@ def _ops_main(ops: list[str]) -> None:
             execute_gas = f"({type(error).__name__})"
         # resolve, at the end of a game against a liar at that element
         liar = commit_values(program, faulty_values(program, feeds, first, element=element))
-        d = GameAgent(chain.as_account(accounts[1]), game, TraceProvider(liar, model, inputs_root, first))
-        c = GameAgent(chain.as_account(accounts[2]), game, TraceProvider(honest, model, inputs_root, first))
-        game_id = create_game(
-            chain,
-            game,
-            defender=d.address,
-            challenger=c.address,
-            model=model,
-            inputs=inputs_root,
-            batch=1,
-            defender_root=liar.root,
-            challenger_root=honest.root,
-            clock=86_400,
-        )
+        d, c, game_id = _liar_against_honest(chain, game, accounts, model, inputs_root, first, liar, honest)
         try:
             state = play([d, c], game_id)
             outcome = state.outcome.name.lower()
@@ -235,10 +246,9 @@ def main() -> None:
         _ops_main(args.ops.split(","))
         return
 
-    from aivm_jax.chain import Chain, GameAgent, artifact, create_game, deploy_game
+    from aivm_jax.chain import Chain, artifact, deploy_game
     from aivm_jax.disputes import (
         Outcome,
-        TraceProvider,
         commit_values,
         faulty_values,
         input_commitment,
@@ -265,23 +275,8 @@ def main() -> None:
         for step, where in _lie_steps(program, honest).items():
             op = program.nodes[step - first].op
             liar = commit_values(program, faulty_values(program, inputs, step))
-            defender = GameAgent(
-                chain.as_account(accounts[1]), game, TraceProvider(liar, model, inputs_root, first)
-            )
-            challenger = GameAgent(
-                chain.as_account(accounts[2]), game, TraceProvider(honest, model, inputs_root, first)
-            )
-            game_id = create_game(
-                chain,
-                game,
-                defender=defender.address,
-                challenger=challenger.address,
-                model=model,
-                inputs=inputs_root,
-                batch=1,
-                defender_root=liar.root,
-                challenger_root=honest.root,
-                clock=86_400,
+            defender, challenger, game_id = _liar_against_honest(
+                chain, game, accounts, model, inputs_root, first, liar, honest
             )
             start = time.perf_counter()
             while True:
